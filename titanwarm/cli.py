@@ -1,0 +1,42 @@
+"""Command-line entry: parse the config, then train; map failures to one clear line and an exit code.
+
+Exit codes: 0 success, 2 bad configuration or bad input (config, tokenizer, dataset), 3 training
+stopped on a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from titanwarm.config import ConfigError, load_config, to_toml
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``train.py`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    try:
+        cfg, flags = load_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if flags["print_config"]:
+        print(to_toml(cfg))
+        return 0
+
+    from titanwarm.data import DataError
+    from titanwarm.tokenizers import TokenizerError
+    from titanwarm.trainer import NonFiniteLossError, Trainer
+
+    try:
+        Trainer(cfg).train()
+    except (DataError, TokenizerError) as e:
+        print(f"input error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

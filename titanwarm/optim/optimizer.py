@@ -1,0 +1,79 @@
+"""Build the optimizer over the trainable parameters, and add parameters to it mid-run.
+
+Parameters are split into a decayed group (matrices and embeddings, ndim >= 2) and an undecayed one
+(norm weights). Only parameters with ``requires_grad`` enter: architecture warm-up keeps locked blocks
+out and hands their parameters over with ``add_parameters`` when they unlock, so AdamW holds no state
+for a block before it trains. Every group carries ``lr_scale`` (1.0 by default), a per-group factor
+the LR schedule multiplies in (used for per-block LR warm-up after an unlock).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from titanwarm.config.sections import Optimizer as OptimizerConfig
+from titanwarm.registry import OPTIMIZERS
+
+
+def param_groups(params: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Split ``params`` into [decayed (ndim >= 2), undecayed] groups, dropping empty ones."""
+    params = list(params)
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [dict(g, lr_scale=1.0) for g in groups if g["params"]]
+
+
+def _kernel_flags(cfg: OptimizerConfig, params: list[nn.Parameter]) -> dict:
+    impl = cfg.implementation
+    if impl == "auto":
+        impl = "fused" if params and params[0].device.type == "cuda" else "foreach"
+    return {"fused": impl == "fused", "foreach": impl == "foreach"}
+
+
+def _adam_kwargs(cfg: OptimizerConfig, groups: list[dict]) -> dict:
+    params = [p for g in groups for p in g["params"]]
+    return dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **_kernel_flags(cfg, params))
+
+
+@OPTIMIZERS.register("AdamW")
+def build_adamw(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """torch AdamW (decoupled weight decay per group)."""
+    return torch.optim.AdamW(groups, **_adam_kwargs(cfg, groups))
+
+
+@OPTIMIZERS.register("Adam")
+def build_adam(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """torch Adam; group weight decay is L2 added to the gradient, as torch defines it."""
+    return torch.optim.Adam(groups, **_adam_kwargs(cfg, groups))
+
+
+def build_optimizer(model_parts: list[nn.Module], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over every trainable parameter of ``model_parts``.
+
+    An optimizer needs at least one parameter; with everything locked the caller must unlock first.
+    """
+    params = [p for m in model_parts for p in m.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters to optimize")
+    return OPTIMIZERS.get(cfg.name)(param_groups(params, cfg.weight_decay), cfg)
+
+
+def add_parameters(optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter],
+                   weight_decay: float, lr_scale: float = 1.0) -> list[dict]:
+    """Add newly trainable ``params`` as new groups (same decay split); returns those groups.
+
+    The new groups copy the hyper-parameters of the optimizer's first group (lr, betas, eps, kernel
+    flags) and start with no state: AdamW's step count for them begins at their first update.
+    """
+    template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+    added = []
+    for group in param_groups(params, weight_decay):
+        group = {**template, **group, "lr_scale": lr_scale}
+        optimizer.add_param_group(group)
+        added.append(optimizer.param_groups[-1])
+    return added
