@@ -1,0 +1,21 @@
+"""Data: document sources (registered in ``DATASETS``), the built-in corpus, the train/val split and
+the packing, data-parallel, resumable ``TokenWindowLoader``."""
+
+from titanwarm.data import sources  # noqa: F401 (registers the built-in datasets)
+from titanwarm.data.corpus import cache_dir, corpus_documents, fetch_sdists
+from titanwarm.data.errors import DataError
+from titanwarm.data.loader import Batch, TokenWindowLoader, build_dataloader
+from titanwarm.data.splits import SPLITS, iter_documents, select_split
+
+__all__ = [
+    "SPLITS",
+    "Batch",
+    "DataError",
+    "TokenWindowLoader",
+    "build_dataloader",
+    "cache_dir",
+    "corpus_documents",
+    "fetch_sdists",
+    "iter_documents",
+    "select_split",
+]
