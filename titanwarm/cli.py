@@ -10,7 +10,20 @@ import sys
 
 import torch
 
-from titanwarm.config import ConfigError, load_config, to_toml
+from titanwarm.config import ConfigError, JobConfig, load_config, to_toml
+
+
+def schedule_table(cfg: JobConfig) -> str:
+    """The resolved depth schedule (step -> blocks, depth, LR) of ``cfg`` as printable text."""
+    from titanwarm.archwarm.schedule import resolve_schedule
+    from titanwarm.optim import LRSchedule
+    from titanwarm.registry import MODELS
+
+    n_layers = MODELS.get(cfg.model.name).flavors[cfg.model.flavor].n_layers
+    plan = resolve_schedule(cfg.depth_schedule, n_layers, cfg.lr_scheduler.warmup_steps)
+    lr = LRSchedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.training.steps)
+    state = "enabled" if cfg.depth_schedule.enabled else "disabled: every block trains from step 1"
+    return f"depth schedule ({state}), {cfg.training.steps} steps\n" + plan.describe(lr.lr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if flags["print_config"]:
         print(to_toml(cfg))
+        return 0
+    if flags["print_schedule"]:
+        print(schedule_table(cfg))
         return 0
 
     from titanwarm.data import DataError

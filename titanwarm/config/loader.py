@@ -14,6 +14,7 @@ import difflib
 import inspect
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 from titanwarm.config.sections import JobConfig
 
 CLI = "command line"
-FLAGS = ("print_config",)
-"""Value-less command-line flags (``--print-config``)."""
+FLAGS = ("print_config", "print_schedule")
+"""Value-less command-line flags (``--print-config``, ``--print-schedule``)."""
 
 
 class ConfigError(ValueError):
@@ -70,19 +71,38 @@ def _suggest(name: str, allowed: list[str]) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    return "list of strings" if typing.get_origin(tp) is list else tp.__name__
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return {str: "a list of strings", int: "a list of integers"}.get(item, "a list of tables")
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
 def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     """Check ``value`` against annotation ``tp``; command-line strings are parsed first.
 
-    Raises ValueError with a short reason when the value does not fit the type.
+    Supports str, int, float, bool, list[str], list[int], list[dict] (TOML only) and unions of
+    those (tried in order). Raises ValueError with a short reason when the value does not fit.
     """
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for member in typing.get_args(tp):
+            try:
+                return coerce(value, member, from_cli)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
     if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
         if from_cli:
+            if item is dict:
+                raise ValueError("a list of tables can only be set in the TOML file")
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"expected a list of strings, got {value!r}")
+            if item is int:
+                value = [coerce(v, int, True) for v in value]
+        if not isinstance(value, list) or not all(
+                isinstance(v, item) and not (item is int and isinstance(v, bool)) for v in value):
+            raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
         return value
     if tp is bool:
         if from_cli:
@@ -202,6 +222,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     return repr(value)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from titanwarm.archwarm.config import DepthSchedule
+
 
 @dataclass
 class Job:
@@ -166,3 +168,4 @@ class JobConfig:
     compile: Compile = field(default_factory=Compile)
     metrics: Metrics = field(default_factory=Metrics)
     validation: Validation = field(default_factory=Validation)
+    depth_schedule: DepthSchedule = field(default_factory=DepthSchedule)

@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.distributed.tensor.parallel import loss_parallel
 
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
-from titanwarm.distributed import (ParallelDims, all_reduce_mean, clip_grad_norm_, init_distributed,
-                                   resolve_device)
+from titanwarm.distributed.init import init_distributed, resolve_device
+from titanwarm.distributed.parallel_dims import ParallelDims
+from titanwarm.distributed.parallelize import loss_context
+from titanwarm.distributed.param_init import init_model
+from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
 from titanwarm.metrics import MetricsLogger, memory_stats
 from titanwarm.optim import LRSchedule, build_optimizer
 from titanwarm.registry import MODELS
@@ -53,8 +54,10 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path)
         spec = MODELS.get(cfg.model.name)
-        self.model_args = replace(spec.flavors[cfg.model.flavor], vocab_size=self.tokenizer.vocab_size)
-        self.model = spec.build(self.model_args, self.parallel_dims, cfg, self.device)
+        model = spec.build(cfg, self.tokenizer.vocab_size)
+        self.model_args = model.args
+        self.model = spec.parallelize_fn(model, self.parallel_dims, cfg)
+        init_model(self.model, self.device, cfg.job.seed)
         self.model_parts = [self.model]
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
@@ -91,12 +94,9 @@ class Trainer:
     def _compute_context(self):
         """Autocast for single-device mixed precision (FSDP2 handles it when sharding)."""
         dtype = getattr(torch, self.cfg.training.mixed_precision_param)
-        if self.device.type == "cuda" and dtype != torch.float32 and not self.parallel_dims.fsdp_enabled:
+        if self.device.type == "cuda" and dtype != torch.float32 and not self.parallel_dims.dp_enabled:
             return torch.autocast("cuda", dtype=dtype)
         return contextlib.nullcontext()
-
-    def _loss_context(self):
-        return loss_parallel() if self.cfg.parallelism.loss_parallel else contextlib.nullcontext()
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy, in float32."""
@@ -121,7 +121,7 @@ class Trainer:
         for _ in range(self.grad_accum):
             inputs, labels = next(self.train_iter)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
-            with self._loss_context():
+            with loss_context(self.parallel_dims):
                 loss = self.forward_loss(inputs, labels) / self.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
@@ -144,11 +144,11 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         batches = self.val_loader.batches(self.cfg.validation.steps)
         for inputs, labels in batches:
-            with self._loss_context():
+            with loss_context(self.parallel_dims):
                 total += self.forward_loss(inputs.to(self.device), labels.to(self.device))
         for m in self.model_parts:
             m.train()
-        val_loss = all_reduce_mean(total.item() / self.cfg.validation.steps, self.parallel_dims)
+        val_loss = all_reduce_mean(total.item() / self.cfg.validation.steps, self.parallel_dims.dp_mesh)
         return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 80.0))}
 
     def _should(self, freq: int) -> bool:
@@ -158,10 +158,11 @@ class Trainer:
         """Run until ``training.steps``; log, validate and call hooks along the way."""
         cfg = self.cfg
         steps = cfg.training.steps
+        pd = self.parallel_dims
         if self.rank == 0:
             print(f"titanwarm: {cfg.job.description} | {cfg.model.name}/{cfg.model.flavor} "
                   f"{self.n_params / 1e6:.2f}M params | world {self.world_size} "
-                  f"({self.parallel_dims.describe()}) | device {self.device} | global batch "
+                  f"(dp_replicate {pd.dp_replicate} x dp_shard {pd.dp_shard} x tp {pd.tp}) | device {self.device} | global batch "
                   f"{self.global_batch} x {cfg.training.seq_len} tokens, grad accum {self.grad_accum}",
                   flush=True)
         tokens_per_step = self.global_batch * cfg.training.seq_len
@@ -178,7 +179,7 @@ class Trainer:
             if not (log_now or val_now):
                 continue
             elapsed = time.perf_counter() - window_start
-            values = {"loss": all_reduce_mean(loss, self.parallel_dims), "grad_norm": grad_norm,
+            values = {"loss": all_reduce_mean(loss, self.parallel_dims.dp_mesh), "grad_norm": grad_norm,
                       "lr": self.lr,
                       "tokens_per_sec": tokens_per_step * window_steps / elapsed,
                       **memory_stats(self.device), **self.step_metrics}
