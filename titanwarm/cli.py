@@ -1,7 +1,8 @@
 """Command-line entry: parse the config, then train; map failures to one clear line and an exit code.
 
-Exit codes: 0 success, 2 bad configuration or bad input (config, tokenizer, dataset), 3 training
-stopped on a non-finite loss.
+Exit codes: 0 success (also after a SIGTERM/SIGINT stop, once the checkpoint is saved), 2 bad
+configuration or bad input (config, tokenizer, dataset, unusable checkpoint), 3 training stopped on
+non-finite or spiking steps (fault.max_consecutive_skips in a row).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(schedule_table(cfg))
         return 0
 
+    from titanwarm.checkpoint.fault import TooManySkipsError
+    from titanwarm.checkpoint.manager import CheckpointError
     from titanwarm.data import DataError
     from titanwarm.tokenizers import TokenizerError
     from titanwarm.trainer import NonFiniteLossError, Trainer
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, TokenizerError) as e:
         print(f"input error: {e}", file=sys.stderr)
         return 2
+    except CheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
+    except TooManySkipsError as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 3
     except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from titanwarm.archwarm.config import DepthSchedule
+from titanwarm.curvature.config import Curvature
+from titanwarm.stabilizers.config import Stabilizers
+from titanwarm.checkpoint.config import Checkpoint, Fault
 
 
 @dataclass
@@ -169,3 +172,7 @@ class JobConfig:
     metrics: Metrics = field(default_factory=Metrics)
     validation: Validation = field(default_factory=Validation)
     depth_schedule: DepthSchedule = field(default_factory=DepthSchedule)
+    curvature: Curvature = field(default_factory=Curvature)
+    stabilizers: Stabilizers = field(default_factory=Stabilizers)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    fault: Fault = field(default_factory=Fault)

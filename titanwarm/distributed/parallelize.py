@@ -83,6 +83,12 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel_enabled: boo
         "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
         "feed_forward.w3": ColwiseParallel(),
     }
+    if args.qk_norm:
+        # QK-Norm weights (one head_dim vector shared by all heads) are replicated; each rank
+        # normalises its own heads (dim 2 of [B, T, heads, head_dim]) and the weights' gradients,
+        # partial over the heads, are summed over the TP ranks by DTensor.
+        block_plan["attention.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        block_plan["attention.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
     for block in model.layers.values():
         parallelize_module(block, tp_mesh, block_plan)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from titanwarm.models.llama3.weight_init import param_generator
+from titanwarm.models.weight_init import param_generator
 
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
 
@@ -49,13 +49,20 @@ def init_model(model: nn.Module, device: torch.device | str, seed: int) -> None:
     plan = model.init_plan()
     for name, param in model.named_parameters():
         key = canonical_name(name)
-        full = plan[key].sample(param.shape, param_generator(seed, key))
-        if isinstance(param, DTensor):
-            # src_data_rank=None: every rank holds the same full tensor and keeps its own slice
-            # (Shard, _StridedShard for FSDP2 x TP, Replicate), with no communication.
-            full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-        param.copy_(full)
+        fill_param(param, plan[key].sample(param.shape, param_generator(seed, key)))
     model.init_buffers()
+
+
+@torch.no_grad()
+def fill_param(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy the full (unsharded, identical on every rank) tensor ``full`` into ``param``, keeping
+    only this rank's slice when ``param`` is a DTensor."""
+    if isinstance(param, DTensor):
+        # src_data_rank=None: every rank holds the same full tensor and keeps its own slice
+        # (Shard, _StridedShard for FSDP2 x TP, Replicate), with no communication.
+        full = distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
+                                 src_data_rank=None)
+    param.copy_(full)
 
 
 def _shared_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:

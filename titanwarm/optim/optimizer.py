@@ -77,3 +77,14 @@ def add_parameters(optimizer: torch.optim.Optimizer, params: Iterable[nn.Paramet
         optimizer.add_param_group(group)
         added.append(optimizer.param_groups[-1])
     return added
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes this rank holds in optimizer state tensors (local shards of DTensors)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                local = value.to_local() if hasattr(value, "to_local") else value
+                total += local.numel() * local.element_size()
+    return total

@@ -16,8 +16,11 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
+from torch.distributed.checkpoint.stateful import Stateful
 
+from titanwarm.archwarm.warmup import ArchitectureWarmup
+from titanwarm.checkpoint.fault import FaultGuard, TooManySkipsError
+from titanwarm.checkpoint.manager import CheckpointManager
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
 from titanwarm.distributed.init import init_distributed, resolve_device
@@ -26,9 +29,12 @@ from titanwarm.distributed.parallelize import loss_context
 from titanwarm.distributed.param_init import init_model
 from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
 from titanwarm.metrics import MetricsLogger, memory_stats
-from titanwarm.optim import LRSchedule, build_optimizer
+from titanwarm.models.weight_init import init_sampler
+from titanwarm.optim import LRSchedule, build_optimizer, state_bytes
 from titanwarm.registry import MODELS
+from titanwarm.stabilizers import install_stabilizers, stabilized_loss
 from titanwarm.tokenizers import load_tokenizer
+from titanwarm.trainer.curvature_hook import CurvatureHook
 from titanwarm.trainer.flops import mfu
 
 HOOK_POINTS = ("before_optimizer_step", "after_optimizer_step", "after_step")
@@ -60,6 +66,9 @@ class Trainer:
         init_model(self.model, self.device, cfg.job.seed)
         self.model_parts = [self.model]
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.warmup = (ArchitectureWarmup(cfg.depth_schedule, self.model, cfg.lr_scheduler.warmup_steps,
+                                          cfg.job.seed, init_sampler(self.model, cfg.job.seed))
+                       if cfg.depth_schedule.enabled else None)  # locks blocks before the optimizer sees them
 
         self.optimizer = build_optimizer(self.model_parts, cfg.optimizer)
         self.schedule = LRSchedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.training.steps)
@@ -69,16 +78,30 @@ class Trainer:
         self.global_batch = t.global_batch_size if t.global_batch_size != -1 else t.local_batch_size * dp_world
         self.grad_accum = self.global_batch // (t.local_batch_size * dp_world)
         self.train_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "train")
-        self.val_loader = (build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "val")
-                           if cfg.validation.enable else None)
+        self.val_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "val")
         self.train_iter = iter(self.train_loader)
 
         self.metrics = MetricsLogger(cfg.job.dump_folder, self.rank == 0,
                                      cfg.metrics.enable_tensorboard, cfg.metrics.console)
         self.hooks: dict[str, list[Callable[[Trainer], None]]] = {k: [] for k in HOOK_POINTS}
+        self.states: dict[str, Stateful] = {}
         self.step = 0
         self.step_metrics: dict[str, float] = {}
         self.last_loss = math.nan
+        # checkpoint seam: fault guard (skip/stop decisions) and the manager (load before the
+        # loop, save after a step); registered states (register_state) are saved with it.
+        self.fault = FaultGuard(cfg.fault, self.device)
+        self.step_skipped: str | None = None
+        self.stop_signal: str | None = None
+        self.checkpoint = CheckpointManager(self)
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The last micro-batch trained on (the curvature tracker's "train" batch)."""
+        self.log_requested = False
+        """Set by a hook to log the current step whatever metrics.log_freq says."""
+        install_stabilizers(self)
+        self.curvature = CurvatureHook(self) if cfg.curvature.enabled else None
+        if self.warmup is not None:
+            self.warmup.attach(self)  # after the tracker: a step is measured before its unlocks
 
     # ------------------------------------------------------------------ pieces
     def add_hook(self, point: str, fn: Callable[[Trainer], None]) -> None:
@@ -86,6 +109,12 @@ class Trainer:
         if point not in self.hooks:
             raise KeyError(f"unknown hook point {point!r}; known: {', '.join(HOOK_POINTS)}")
         self.hooks[point].append(fn)
+
+    def register_state(self, name: str, obj: Stateful) -> None:
+        """Save and restore ``obj`` (``state_dict``/``load_state_dict``) with the trainer's state."""
+        if name in self.states:
+            raise KeyError(f"state {name!r} is already registered")
+        self.states[name] = obj
 
     def _run_hooks(self, point: str) -> None:
         for fn in self.hooks[point]:
@@ -99,8 +128,8 @@ class Trainer:
         return contextlib.nullcontext()
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy, in float32."""
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
+        """Mean next-token cross-entropy in float32, plus the z-loss when configured (training only)."""
+        return stabilized_loss(logits, labels, self.cfg.stabilizers, train=self.model.training)
 
     def forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """This rank's mean loss on one micro-batch."""
@@ -121,16 +150,30 @@ class Trainer:
         for _ in range(self.grad_accum):
             inputs, labels = next(self.train_iter)
             inputs, labels = inputs.to(self.device), labels.to(self.device)
+            self.batch = (inputs, labels)
             with loss_context(self.parallel_dims):
                 loss = self.forward_loss(inputs, labels) / self.grad_accum
+                if self.step in self.cfg.fault.nan_steps and self.rank == 0:
+                    loss = loss * float("nan")  # fault drill: a poisoned batch on one rank
                 loss.backward()
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm_(self.trainable_parameters(), self.cfg.training.max_norm)
         loss_value, norm_value = loss_sum.item(), float(grad_norm)
-        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            raise NonFiniteLossError(
-                f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at step "
-                f"{self.step} (loss={loss_value}, grad_norm={norm_value}); stopping before the update")
+        global_loss, stop = self.fault.global_values(loss_value)
+        if stop and self.stop_signal is None:
+            self.stop_signal = self.fault.signal_name or "a stop signal on another rank"
+        self.step_skipped = self.fault.check(self.step, global_loss, norm_value)
+        if self.step_skipped is not None:
+            # skip: drop the gradients, no update, no optimizer-step hooks; counted and logged.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.metrics.log_event("skip", self.step, {"reason": self.step_skipped,
+                                                       "skipped_steps": self.fault.skipped_steps})
+            try:
+                self.fault.raise_if_exhausted(self.step, self.step_skipped, self.checkpoint.last_saved)
+            except TooManySkipsError:
+                self.checkpoint.finish_pending()
+                raise
+            return loss_value, norm_value
         self._run_hooks("before_optimizer_step")
         self.optimizer.step()
         self._run_hooks("after_optimizer_step")
@@ -167,33 +210,48 @@ class Trainer:
                   flush=True)
         tokens_per_step = self.global_batch * cfg.training.seq_len
         window_start, window_steps = time.perf_counter(), 0
+        self.checkpoint.maybe_load()
+        self.fault.install_signal_handlers()
         while self.step < steps:
             self.step += 1
-            self.step_metrics = {}
+            self.step_metrics, self.log_requested = {}, False
             loss, grad_norm = self.train_step()
             window_steps += 1
             self._run_hooks("after_step")
             self.last_loss = loss
-            log_now = self._should(cfg.metrics.log_freq)
-            val_now = self.val_loader is not None and self._should(cfg.validation.freq)
+            self.checkpoint.maybe_save(self.step, last=self.step == steps, force=self.stop_signal is not None)
+            log_now = (self._should(cfg.metrics.log_freq) or self.stop_signal is not None
+                       or self.step_skipped is not None or self.log_requested)
+            val_now = cfg.validation.enable and self._should(cfg.validation.freq)
             if not (log_now or val_now):
                 continue
             elapsed = time.perf_counter() - window_start
             values = {"loss": all_reduce_mean(loss, self.parallel_dims.dp_mesh), "grad_norm": grad_norm,
-                      "lr": self.lr,
+                      "lr": self.lr, "skipped_steps": self.fault.skipped_steps,
                       "tokens_per_sec": tokens_per_step * window_steps / elapsed,
-                      **memory_stats(self.device), **self.step_metrics}
+                      **memory_stats(self.device),
+                      "optimizer_state_mib": state_bytes(self.optimizer) / 2**20, **self.step_metrics}
             util = mfu(self.model_args, self.n_params, cfg.training.seq_len,
                        values["tokens_per_sec"] / self.world_size, self.device)
             if util is not None:
                 values["mfu"] = util
             if val_now:
                 values.update(self.validate())
-            self.metrics.log_step(self.step, values, prefix=self.progress())
+            self.metrics.log_step(self.step, values, prefix=self.progress(values))
             window_start, window_steps = time.perf_counter(), 0
+            if self.stop_signal is not None:
+                if self.rank == 0:
+                    print(f"stopping at step {self.step} on {self.stop_signal}"
+                          + (f"; checkpoint {self.checkpoint.last_saved} saved"
+                             if self.checkpoint.enabled else " (checkpointing is disabled)"), flush=True)
+                break
+        self.fault.restore_signal_handlers()
+        self.checkpoint.finish()
         self.metrics.close()
 
-    def progress(self) -> str:
-        """Console prefix: step out of total and percentage."""
+    def progress(self, values: dict) -> str:
+        """Console prefix: step out of total, percentage, and depth under architecture warm-up."""
         steps = self.cfg.training.steps
-        return f"[{self.step}/{steps} {100 * self.step / steps:.0f}%]"
+        depth = (f" d={values['active_layers']}/{self.model_args.n_layers}"
+                 if "active_layers" in values else "")
+        return f"[{self.step}/{steps} {100 * self.step / steps:.0f}%]{depth}"

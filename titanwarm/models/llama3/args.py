@@ -48,10 +48,28 @@ class ModelArgs:
     """Share one matrix between the token embedding and the output projection."""
     depth_init: bool = True
     """Scale the init of each block's output projections by its depth (see ``Transformer.init_plan``)."""
+    qk_norm: bool = False
+    """Stabiliser: learnable RMSNorm over head_dim on each query and key head, before RoPE."""
+    attn_softcap: float = 0.0
+    """Stabiliser: attention logits s <- c * tanh(s / c) before masking/softmax; 0 = off."""
+    logit_softcap: float = 0.0
+    """Stabiliser: output logits z <- c * tanh(z / c); 0 = off."""
+    record_max_logit: bool = False
+    """Record each head's max pre-softmax logit in training forwards (for QK-Clip)."""
+    attn_impl: str = "auto"
+    """Attention path: "sdpa" (fused, scores never materialised), "eager" (explicit scores, needed
+    by attn_softcap and record_max_logit) or "auto" (eager only when one of those needs it)."""
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def attention_path(self) -> str:
+        """The attention implementation used: ``attn_impl`` with "auto" resolved."""
+        if self.attn_impl != "auto":
+            return self.attn_impl
+        return "eager" if self.attn_softcap > 0 or self.record_max_logit else "sdpa"
 
     @property
     def kv_heads(self) -> int:
@@ -72,6 +90,11 @@ class ModelArgs:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.attn_impl not in ("auto", "sdpa", "eager"):
+            raise ValueError(f'attn_impl must be "auto", "sdpa" or "eager", got {self.attn_impl!r}')
+        if self.attn_impl == "sdpa" and (self.attn_softcap > 0 or self.record_max_logit):
+            raise ValueError("attn_softcap and record_max_logit need the eager attention path, "
+                             'not attn_impl="sdpa"')
 
 
 _LLAMA_3_1_SCALING = RopeScaling(enabled=True, scale_factor=8.0)

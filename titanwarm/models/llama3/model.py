@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from titanwarm.models.llama3.args import ModelArgs, RopeScaling
-from titanwarm.models.llama3.weight_init import InitRule, param_generator
+from titanwarm.models.weight_init import InitRule, param_generator
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
@@ -57,7 +57,16 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Causal grouped-query self-attention: n_kv_heads key/value heads shared by n_heads query heads."""
+    """Causal grouped-query self-attention: n_kv_heads key/value heads shared by n_heads query heads.
+
+    Stabilisers (``[stabilizers]``, see docs/stabilizers.md): ``qk_norm`` adds ``q_norm``/``k_norm``,
+    RMSNorms over head_dim shared by the heads and applied per head before RoPE; ``attn_softcap``
+    caps the scaled logits, s <- c * tanh(s / c), before masking; ``record_max_logit`` keeps, in
+    training forwards, the running maximum of each (local) head's scaled pre-softmax logit over
+    causally visible positions in ``max_logit`` (no grad, before the soft-cap) for QK-Clip, which
+    reads and resets it. Those two need the eager path, which materialises the [B, H, T, T] scores
+    in float32; otherwise fused SDPA runs (``ModelArgs.attention_path``).
+    """
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -67,19 +76,47 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.q_norm = nn.RMSNorm(args.head_dim, eps=args.norm_eps) if args.qk_norm else None
+        self.k_norm = nn.RMSNorm(args.head_dim, eps=args.norm_eps) if args.qk_norm else None
+        self.path = args.attention_path
+        self.softcap = args.attn_softcap
+        self.record_max_logit = args.record_max_logit
+        self.max_logit: torch.Tensor | None = None
+        """float32 [local heads]: max scaled logit per head since QK-Clip last reset it."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
         # -1 heads: all of them on one device, this rank's share under tensor parallelism.
-        q = apply_rope(self.wq(x).view(batch, seq, -1, self.head_dim), rope)
-        k = apply_rope(self.wk(x).view(batch, seq, -1, self.head_dim), rope)
+        q = self.wq(x).view(batch, seq, -1, self.head_dim)
+        k = self.wk(x).view(batch, seq, -1, self.head_dim)
         v = self.wv(x).view(batch, seq, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         # Query head h reads key/value head h // n_rep.
         k = k.repeat_interleave(self.n_rep, dim=2)
         v = v.repeat_interleave(self.n_rep, dim=2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             is_causal=True)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.path == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = self.scored_attention(q, k, v)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def scored_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Eager causal attention on [B, H, T, head_dim] with explicit float32 scores."""
+        seq = q.shape[-2]
+        # float32 scores, as fused kernels keep them: bf16 scores would be off by ~0.4 at |s|~100.
+        scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * self.head_dim ** -0.5
+        hidden = ~torch.ones(seq, seq, dtype=torch.bool, device=q.device).tril()  # future keys
+        masked = scores.masked_fill(hidden, float("-inf"))
+        if self.record_max_logit and self.training:
+            with torch.no_grad():
+                seen = masked.detach().amax(dim=(0, 2, 3))
+                self.max_logit = seen if self.max_logit is None else torch.maximum(self.max_logit, seen)
+        if self.softcap > 0:  # cap, then mask (tanh(-inf) would be -1, not -inf)
+            masked = (self.softcap * torch.tanh(scores / self.softcap)).masked_fill(hidden, float("-inf"))
+        return torch.matmul(torch.softmax(masked, dim=-1).to(v.dtype), v)
 
 
 class FeedForward(nn.Module):
@@ -105,10 +142,17 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
+        self.skip = False
+        """True while the block is locked by architecture warm-up: it is then an exact identity map
+        and ``Transformer.forward`` leaves it out."""
+        self.residual_gate: torch.Tensor | None = None
+        """Optional 0-dim tensor scaling both residual branches (architecture warm-up's "ramp")."""
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope)
-        return h + self.feed_forward(self.ffn_norm(h))
+        a = self.attention(self.attention_norm(x), rope)
+        h = x + (a if self.residual_gate is None else self.residual_gate * a)
+        f = self.feed_forward(self.ffn_norm(h))
+        return h + (f if self.residual_gate is None else self.residual_gate * f)
 
 
 class Transformer(nn.Module):
@@ -134,8 +178,12 @@ class Transformer(nn.Module):
         rope = self.rope_cache[:seq]
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
-            h = layer(h, rope)
-        return self.output(self.norm(h))
+            if not layer.skip:
+                h = layer(h, rope)
+        logits = self.output(self.norm(h))
+        if self.args.logit_softcap > 0:  # stabiliser: z <- c * tanh(z / c)
+            logits = self.args.logit_softcap * torch.tanh(logits / self.args.logit_softcap)
+        return logits
 
     def init_plan(self) -> dict[str, InitRule]:
         """The starting distribution of every parameter, keyed by its name in ``named_parameters()``.
@@ -164,6 +212,9 @@ class Transformer(nn.Module):
                      "attention.wv.weight": base, "attention.wo.weight": small,
                      "feed_forward.w1.weight": base, "feed_forward.w2.weight": small,
                      "feed_forward.w3.weight": small}
+            if a.qk_norm:
+                rules.update({"attention.q_norm.weight": InitRule("ones"),
+                              "attention.k_norm.weight": InitRule("ones")})
             plan.update({f"layers.{key}.{name}": rule for name, rule in rules.items()})
         return plan
 

@@ -36,3 +36,14 @@ def param_generator(seed: int, name: str) -> torch.Generator:
     """A CPU generator seeded from ``seed`` and the parameter name (sha256, stable across runs)."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def init_sampler(model, seed: int):
+    """(full parameter name, shape) -> that parameter's model-init value (a full CPU tensor), from
+    ``model.init_plan()``: what ``init_model`` drew for it, for re-initialising blocks mid-run."""
+    plan = model.init_plan()
+
+    def sample(name: str, shape: torch.Size) -> torch.Tensor:
+        return plan[name].sample(shape, param_generator(seed, name))
+
+    return sample

@@ -1,0 +1,396 @@
+"""Single-process tests of titanwarm.curvature against dense Hessians and known spectra."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from titanwarm.curvature import Curvature, CurvatureTracker
+from titanwarm.curvature import vectors as V
+from titanwarm.curvature.hvp import AutogradHVP, FiniteDifferenceHVP, LossModule, SubstitutedLoss
+from titanwarm.curvature.preconditioner import adam_preconditioner, transport
+from titanwarm.curvature.solvers import lanczos, power_iteration
+
+DT = torch.float64
+
+
+class RMSNorm(nn.Module):
+    """Explicit RMSNorm (nn.LayerNorm's fused kernel gives a non-symmetric, wrong Hessian under
+    torch.func.hessian / jacrev(jacrev) on torch 2.13 CPU, which would spoil the reference)."""
+
+    def __init__(self, dim: int, affine: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return y if self.weight is None else y * self.weight
+
+
+class MiniTransformer(nn.Module):
+    """One pre-norm block with softmax attention (SDPA) and an MLP; ~400 parameters."""
+
+    def __init__(self, vocab: int = 7, dim: int = 6, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Embedding(vocab, dim)
+        self.norm1 = RMSNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.norm2 = RMSNorm(dim, affine=False)
+        self.w1 = nn.Linear(dim, 2 * dim)
+        self.w2 = nn.Linear(2 * dim, dim, bias=False)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, t = tokens.shape
+        h = self.embed(tokens)
+        q, k, v = self.qkv(self.norm1(h)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + self.wo(a.transpose(1, 2).reshape(b, t, -1))
+        h = h + self.w2(torch.tanh(self.w1(self.norm2(h))))
+        return self.head(h)
+
+
+def lm_loss(parts: list[nn.Module], batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    logits = parts[0](x)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def make_model(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    torch.manual_seed(seed)
+    model = MiniTransformer().to(DT)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    tokens = torch.randint(0, 7, (4, 6))
+    return model, (tokens[:, :-1], tokens[:, 1:])
+
+
+def adam_steps(model: nn.Module, batch, n: int, lr: float = 1e-2) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    for _ in range(n):
+        opt.zero_grad()
+        lm_loss([model], batch).backward()
+        opt.step()
+    return opt
+
+
+def dense_hessian(model: nn.Module, batch, names: list[str]) -> torch.Tensor:
+    """Dense Hessian of the loss w.r.t. the named parameters, flattened in that order."""
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    flat0 = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(flat, [math.prod(s) for s in shapes])
+        sub = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        return lm_loss([lambda x: torch.func.functional_call(model, sub, (x,))], batch)
+
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no forward AD
+        h = torch.func.hessian(f)(flat0)
+    torch.testing.assert_close(h, h.T)  # sanity of the reference itself
+    return h
+
+
+def strip(names: list[str]) -> list[str]:
+    return [n.removeprefix("parts.0.") for n in names]
+
+
+def flat(vec: V.Vector) -> torch.Tensor:
+    return torch.cat([x.reshape(-1) for x in vec])
+
+
+# ---------------------------------------------------------------- dense references (tiny model)
+
+@pytest.mark.parametrize("method,max_hvps", [("lanczos", 80), ("power", 400)])
+def test_lambda_h_matches_dense(method: str, max_hvps: int) -> None:
+    model, batch = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    tr = CurvatureTracker(model, opt, method=method, max_hvps=max_hvps, tol=1e-9,
+                          preconditioned=False, hvp="autograd")
+    est = tr.step(lm_loss, batch)
+    names, _ = tr.tracked()
+    exact = torch.linalg.eigvalsh(dense_hessian(model, batch, strip(names))).max().item()
+    assert est.lambda_max == pytest.approx(exact, rel=1e-3)
+    assert est.lambda_max <= exact * (1 + 1e-9)  # a Rayleigh quotient is never above λmax
+    assert est.threshold == 2.0 and est.lr_lambda == pytest.approx(1e-2 * est.lambda_max)
+
+
+@pytest.mark.parametrize("method,max_hvps", [("lanczos", 120), ("power", 400)])
+def test_lambda_g_matches_dense(method: str, max_hvps: int) -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 4)
+    tr = CurvatureTracker(model, opt, method=method, max_hvps=max_hvps, tol=1e-9,
+                          hvp="autograd", track_h=True)
+    est = tr.step(lm_loss, batch)
+    names, params = tr.tracked()
+    h = dense_hessian(model, batch, strip(names))
+    d = flat(adam_preconditioner(opt, params)).rsqrt()
+    exact_g = torch.linalg.eigvalsh(d[:, None] * h * d[None, :]).max().item()
+    exact_h = torch.linalg.eigvalsh(h).max().item()
+    assert est.lambda_max == pytest.approx(exact_g, rel=1e-3)
+    assert est.lambda_max_h == pytest.approx(exact_h, rel=1e-3)
+    assert est.threshold == pytest.approx(38.0)
+    assert est.ratio == pytest.approx(1e-2 * est.lambda_max / 38.0)
+
+
+# ---------------------------------------------------------------- quadratics with known spectra
+
+class Quadratic(nn.Module):
+    """L = ½ wᵀ A w with A = Q diag(spectrum) Qᵀ."""
+
+    def __init__(self, spectrum: list[float], seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = len(spectrum)
+        q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=DT))
+        self.register_buffer("a", q @ torch.diag(torch.tensor(spectrum, dtype=DT)) @ q.T)
+        self.w = nn.Parameter(torch.randn(n, generator=g, dtype=DT))
+
+    def forward(self) -> torch.Tensor:
+        return 0.5 * self.w @ self.a @ self.w
+
+
+def quad_loss(parts: list[nn.Module], batch: None) -> torch.Tensor:
+    return parts[0]()
+
+
+def quad_operator(model: Quadratic):
+    return lambda x: [model.a @ x[0]]
+
+
+@pytest.mark.parametrize("method", ["power", "lanczos"])
+def test_negative_eigenvalue_dominant_is_not_reported(method: str) -> None:
+    spectrum = [-5.0, -1.0, 0.3, 0.5, 1.0, 2.0]
+    model = Quadratic(spectrum)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tr = CurvatureTracker(model, opt, method=method, max_hvps=300, tol=1e-10,
+                          preconditioned=False, hvp="autograd")
+    est = tr.step(quad_loss, None)
+    assert est.lambda_max == pytest.approx(2.0, rel=1e-6)
+    # warm-started again: stays on λmax (the shift is kept)
+    assert tr.step(quad_loss, None).lambda_max == pytest.approx(2.0, rel=1e-6)
+
+
+def test_quadratic_spectrum_all_negative() -> None:
+    model = Quadratic([-4.0, -2.0, -0.5])
+    op = quad_operator(model)
+    res = power_iteration(op, [torch.ones(3, dtype=DT)], 500, 1e-12)
+    assert res.eigenvalue == pytest.approx(-0.5, rel=1e-6)
+    assert lanczos(op, [torch.ones(3, dtype=DT)], 3, 1e-12).eigenvalue == pytest.approx(-0.5)
+
+
+def test_lanczos_beats_power_small_gap() -> None:
+    spectrum = [1.0, 0.98, 0.96] + torch.linspace(0.0, 0.9, 37).tolist()
+    model = Quadratic(spectrum, seed=1)
+    u0 = V.random_like_params([model.w], ["w"], seed=3)
+    for k in (4, 6, 8):
+        p = power_iteration(quad_operator(model), u0, k, 0.0).eigenvalue
+        lz = lanczos(quad_operator(model), u0, k, 0.0).eigenvalue
+        assert (1.0 - lz) < 0.5 * (1.0 - p), (k, p, lz)
+        assert lz <= 1.0 + 1e-12 and p <= 1.0 + 1e-12
+
+
+def test_residual_reported_and_biased_low() -> None:
+    model = Quadratic([3.0, 2.9, 1.0, 0.5])
+    res = power_iteration(quad_operator(model), [torch.ones(4, dtype=DT)], 2, 0.0)
+    assert res.eigenvalue < 3.0 and res.residual > 1e-3 and res.hvps == 2
+
+
+# ---------------------------------------------------------------- warm start and transport
+
+def test_transport_is_sqrt_p_new_over_p_old() -> None:
+    u = [torch.tensor([1.0, 2.0, 3.0], dtype=DT), torch.tensor([[4.0]], dtype=DT)]
+    p_old = [torch.tensor([1.0, 4.0, 9.0], dtype=DT), None]
+    p_new = [torch.tensor([4.0, 1.0, 9.0], dtype=DT), torch.tensor([[16.0]], dtype=DT)]
+    out = transport(u, p_old, p_new)
+    torch.testing.assert_close(out[0], torch.tensor([2.0, 1.0, 3.0], dtype=DT))
+    torch.testing.assert_close(out[1], u[1])  # no old P: unchanged
+
+
+def test_transport_exact_when_only_p_changes() -> None:
+    """H fixed, P rescaled by a scalar: the transported top eigenvector of G_old is the top
+    eigenvector of G_new, so one Rayleigh quotient is exact."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(8, 8, generator=g, dtype=DT)
+    h = b @ b.T
+    p_old = torch.rand(8, generator=g, dtype=DT) + 0.5
+    p_new = 3.0 * p_old
+    d_old, d_new = p_old.rsqrt(), p_new.rsqrt()
+    top = torch.linalg.eigh(d_old[:, None] * h * d_old[None, :]).eigenvectors[:, -1]
+    u = V.normalize(transport([top], [p_old], [p_new]))[0]
+    g_new = d_new[:, None] * h * d_new[None, :]
+    assert float(u @ g_new @ u) == pytest.approx(torch.linalg.eigvalsh(g_new).max().item(),
+                                                 rel=1e-12)
+    # the θ-space direction D u is preserved by transport: D_new u_new ∝ D_old u_old
+    torch.testing.assert_close(d_new * transport([top], [p_old], [p_new])[0], d_old * top)
+
+
+def test_warm_start_beats_cold_start() -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 10)
+    kw = dict(max_hvps=2, tol=0.0, hvp="autograd")
+    for method in ("power", "lanczos"):
+        warm = CurvatureTracker(model, opt, method=method, warm_start=True, **kw)
+        cold = CurvatureTracker(model, opt, method=method, warm_start=False, **kw)
+        for _ in range(15):  # let the warm tracker converge on the current parameters
+            warm.step(lm_loss, batch)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3  # small parameter changes: real Adam steps (P moves too)
+        for _ in range(2):
+            opt.zero_grad()
+            lm_loss([model], batch).backward()
+            opt.step()
+            names, params = warm.tracked()
+            h = dense_hessian(model, batch, strip(names))
+            d = flat(adam_preconditioner(opt, params)).rsqrt()
+            exact = torch.linalg.eigvalsh(d[:, None] * h * d[None, :]).max().item()
+            ew = (exact - warm.step(lm_loss, batch).lambda_max) / exact
+            ec = (exact - cold.step(lm_loss, batch).lambda_max) / exact
+            assert 0 <= ew < 1e-3 and ec > 0.3, (method, ew, ec)
+        for g in opt.param_groups:
+            g["lr"] = 1e-2
+
+
+# ---------------------------------------------------------------- HVP methods
+
+def test_hvp_methods_agree_with_dense() -> None:
+    model, batch = make_model()
+    module = LossModule([model])
+    names = [n for n, _ in module.named_parameters()]
+    fn = SubstitutedLoss(module, names, lm_loss, batch)
+    h = dense_hessian(model, batch, strip(names))
+    x = V.random_like_params(fn.params, names, seed=5)
+    ref = h @ flat(x)
+    exact = flat(AutogradHVP(fn)(x))
+    torch.testing.assert_close(exact, ref, rtol=1e-9, atol=1e-9)
+    fd = flat(FiniteDifferenceHVP(fn, fd_eps=1e-4, relative=True)(x))
+    assert (fd - ref).norm() / ref.norm() < 1e-6
+    fd_abs = flat(FiniteDifferenceHVP(fn, fd_eps=1e-4, relative=False)(x))
+    assert (fd_abs - ref).norm() / ref.norm() < 1e-6
+
+
+def test_tracker_fd_matches_autograd() -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 3)
+    kw = dict(method="lanczos", max_hvps=40, tol=1e-9)
+    a = CurvatureTracker(model, opt, hvp="autograd", **kw).step(lm_loss, batch)
+    f = CurvatureTracker(model, opt, hvp="finite_difference", fd_eps=1e-5, **kw)
+    f = f.step(lm_loss, batch)
+    assert f.hvp == "finite_difference" and a.hvp == "autograd"
+    assert f.lambda_max == pytest.approx(a.lambda_max, rel=1e-5)
+
+
+class _ForwardOnly(torch.autograd.Function):
+    """An op without a derivative (like a fused attention kernel's backward)."""
+
+    @staticmethod
+    def forward(ctx, g, y):
+        return g * (1 - y * y)
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """tanh whose backward has no derivative (fused SDPA kernels behave like this)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return _ForwardOnly.apply(g, y)
+
+
+def test_auto_falls_back_to_finite_difference() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)).to(DT)
+    x = torch.randn(8, 3, dtype=DT)
+
+    def loss_fn(parts, batch):
+        return _NoDoubleBackward.apply(parts[0](batch)).pow(2).mean()
+
+    opt = torch.optim.Adam(model.parameters())
+    tr = CurvatureTracker(model, opt, hvp="auto", preconditioned=False, fd_eps=1e-5)
+    est = tr.step(loss_fn, x)
+    assert est.hvp == "finite_difference"
+    assert tr.step(loss_fn, x).hvp == "finite_difference"
+
+
+# ---------------------------------------------------------------- bookkeeping
+
+def test_grads_and_params_untouched() -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    lm_loss([model], batch).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    params = [p.detach().clone() for p in model.parameters()]
+    for hvp in ("autograd", "finite_difference"):
+        CurvatureTracker(model, opt, hvp=hvp, track_h=True).step(lm_loss, batch)
+    for p, g, v in zip(model.parameters(), grads, params):
+        assert torch.equal(p.grad, g) and torch.equal(p.detach(), v)
+
+
+def test_frozen_and_unheld_params_excluded_then_vector_grows() -> None:
+    model, batch = make_model()
+    for p in model.head.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for n, p in model.named_parameters()
+                             if not n.startswith(("w2", "head"))], lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        lm_loss([model], batch).backward()
+        opt.step()
+    tr = CurvatureTracker(model, opt, method="lanczos", max_hvps=60, tol=1e-10,
+                          preconditioned=False, hvp="autograd")
+    est = tr.step(lm_loss, batch)
+    names, _ = tr.tracked()
+    assert not any("head" in n or "w2" in n for n in names)
+    exact = torch.linalg.eigvalsh(dense_hessian(model, batch, strip(names))).max().item()
+    assert est.lambda_max == pytest.approx(exact, rel=1e-3)
+    # unlock the head: the stored vector grows onto it with zeros
+    model.head.weight.requires_grad_(True)
+    opt.add_param_group({"params": [model.head.weight], "lr": 1e-2})
+    start = tr._start("h", *tr.tracked(), None)
+    names2, _ = tr.tracked()
+    new = names2.index("parts.0.head.weight")
+    assert torch.count_nonzero(start[new]) == 0 and V.norm(start) > 0
+    est2 = tr.step(lm_loss, batch)
+    exact2 = torch.linalg.eigvalsh(dense_hessian(model, batch, strip(names2))).max().item()
+    assert est2.lambda_max == pytest.approx(exact2, rel=1e-3)
+
+
+def test_preconditioned_before_first_step_is_none() -> None:
+    model, batch = make_model()
+    opt = torch.optim.AdamW(model.parameters())
+    assert CurvatureTracker(model, opt).step(lm_loss, batch) is None
+
+
+def test_state_dict_round_trip() -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    a = CurvatureTracker(model, opt, max_hvps=3, hvp="autograd", track_h=True)
+    a.step(lm_loss, batch)
+    b = CurvatureTracker(model, opt, max_hvps=3, hvp="autograd", track_h=True)
+    b.load_state_dict(a.state_dict())
+    ea, eb = a.step(lm_loss, batch), b.step(lm_loss, batch)
+    assert ea.lambda_max == eb.lambda_max and ea.lambda_max_h == eb.lambda_max_h
+
+
+def test_config_problems() -> None:
+    assert Curvature().problems(None) == []
+    for key, bad in [("method", "arnoldi"), ("hvp", "jvp"), ("batch", "val"), ("interval", 0),
+                     ("max_hvps", 0)]:
+        assert [k for k, _ in Curvature(**{key: bad}).problems(None)] == [key]
+    with pytest.raises(ValueError):
+        CurvatureTracker(nn.Linear(2, 2), torch.optim.Adam(nn.Linear(2, 2).parameters()),
+                         method="arnoldi")

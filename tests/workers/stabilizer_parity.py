@@ -1,0 +1,96 @@
+"""torchrun worker for tests/test_stabilizers.py: a few optimizer steps of a stabilised ``tinymodel``.
+
+``python -m torch.distributed.run --nproc_per_node=N tests/workers/stabilizer_parity.py OUT CASE...``
+runs each named case (a parallel layout and a stabiliser set, see ``CASES``) for ``STEPS`` AdamW
+steps with QK-Clip after each, on the same seed and batches, and rank 0 saves ``{case: result}`` to
+OUT: per-step losses (mean over ranks) and QK-Clip metrics, and the full final parameters.
+``run_case`` with world size 1 gives the single-process reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for workers.*
+from workers.parallel_forward import config, full  # noqa: E402
+
+from titanwarm.config.sections import Optimizer as OptimizerConfig
+from titanwarm.distributed.init import init_distributed
+from titanwarm.distributed.parallel_dims import ParallelDims
+from titanwarm.distributed.parallelize import loss_context, parallelize_llama
+from titanwarm.distributed.param_init import canonical_name, init_model
+from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
+from titanwarm.models.llama3 import FLAVORS, Transformer
+from titanwarm.optim import build_optimizer
+from titanwarm.stabilizers import QKClip, Stabilizers, stabilized_loss
+
+VOCAB, BATCH, SEQ, SEED, STEPS, LR = 256, 4, 16, 7, 3, 1e-2
+
+STABILIZERS = {
+    # everything on; QK-Norm keeps logits O(1), so a low tau still clips (weights only: see docs)
+    "all": Stabilizers(qk_norm=True, qk_clip=True, qk_clip_tau=0.5, attn_softcap=2.0,
+                       logit_softcap=3.0, z_loss=1e-3),
+    # QK-Clip that really lowers the logits (no QK-Norm), with the soft-caps and z-loss
+    "clip": Stabilizers(qk_clip=True, qk_clip_tau=0.05, qk_clip_alpha=0.3, attn_softcap=2.0,
+                        logit_softcap=3.0, z_loss=1e-3),
+}
+
+CASES: dict[str, dict] = {
+    "fsdp_all": dict(shard=2, stab="all"),
+    "fsdp_clip": dict(shard=2, stab="clip"),
+    "tp_all": dict(tp=2, loss_parallel=True, stab="all"),
+    "tp_clip": dict(tp=2, stab="clip"),
+    "fsdp_tp_all": dict(shard=2, tp=2, loss_parallel=True, stab="all"),
+    "reference_all": dict(stab="all"),
+    "reference_clip": dict(stab="clip"),
+}
+
+
+def run_case(case: dict, world_size: int) -> dict:
+    stab = STABILIZERS[case["stab"]]
+    cfg = config(case)
+    dims = ParallelDims.from_config(cfg.parallelism, world_size)
+    dims.build_mesh("cpu")
+    args = dataclasses.replace(FLAVORS["tinymodel"], vocab_size=VOCAB, max_seq_len=SEQ,
+                               **stab.model_overrides())
+    with torch.device("meta"):
+        model = Transformer(args)
+    parallelize_llama(model, dims, cfg)
+    init_model(model, "cpu", SEED)
+    optimizer = build_optimizer([model], OptimizerConfig(lr=LR, weight_decay=0.1))
+    clip = QKClip(model, args.n_heads, args.kv_heads, args.head_dim, stab.qk_clip_tau,
+                  stab.qk_clip_alpha)
+    rows = BATCH // dims.dp_world
+    losses, metrics = [], []
+    for step in range(STEPS):
+        tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step))
+        local = tokens[dims.dp_rank * rows:(dims.dp_rank + 1) * rows]
+        logits = model(local[:, :-1])
+        with loss_context(dims):
+            loss = stabilized_loss(logits, local[:, 1:], stab)
+            loss.backward()
+        losses.append(all_reduce_mean(full(loss).item(), dims.dp_mesh))
+        clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics.append(clip.step())
+    params = {canonical_name(n): full(p) for n, p in model.named_parameters()}
+    return dict(losses=losses, metrics=metrics, params=params)
+
+
+def main(out: str, names: list[str]) -> None:
+    torch.set_num_threads(1)
+    world_size = init_distributed("cpu")
+    results = {name: run_case(CASES[name], world_size) for name in names}
+    if dist.get_rank() == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

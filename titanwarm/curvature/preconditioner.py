@@ -1,0 +1,86 @@
+"""Adam's diagonal preconditioner and the warm-start transport between steps.
+
+For a ``torch.optim.Adam``/``AdamW`` the update is ``lr * m_hat / P`` with
+``P = sqrt(v_hat) + eps`` and ``v_hat = exp_avg_sq / (1 - beta2**step)`` (``max_exp_avg_sq`` with
+``amsgrad``). The curvature Adam sees is ``G = P^-1/2 H P^-1/2``, whose λmax is compared with the
+momentum threshold ``(2 + 2 beta1) / (1 - beta1)`` on ``lr * λ``.
+
+If parameter groups have different learning rates, the ratio ``lr_i / lr`` (``lr`` = largest lr
+of the tracked groups) is folded into the diagonal: ``D_i = sqrt(lr_i / lr) * P_i^-1/2``, so that
+``lr * λmax(D H D)`` is the step-size-scaled curvature of the actual update.
+
+Everything is elementwise on the optimizer state, which has the parameters' layout (DTensor
+shards under FSDP2/TP); nothing is gathered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from titanwarm.curvature.vectors import Vector, vector_dtype
+
+
+@dataclass
+class AdamHyper:
+    """Hyper-parameters of the parameter groups holding the tracked parameters."""
+
+    lr: float
+    """Largest learning rate among those groups (the ``lr`` of ``lr * λ``)."""
+    beta1: float
+    """Largest beta1 among those groups (the most conservative threshold)."""
+    lr_ratio: list[float]
+    """Per tracked parameter, ``lr_i / lr``."""
+
+
+def param_groups_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
+    """``id(param) -> its param_group`` for every parameter the optimizer holds."""
+    return {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+
+def adam_hyper(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> AdamHyper:
+    """Learning rate and beta1 read from the optimizer's param_groups (current values, so an LR
+    schedule is followed)."""
+    groups = param_groups_of(optimizer)
+    lrs = [float(groups[id(p)]["lr"]) for p in params]
+    lr = max(lrs) if lrs else 0.0
+    betas = [float(groups[id(p)].get("betas", (0.0, 0.0))[0]) for p in params]
+    return AdamHyper(lr=lr, beta1=max(betas) if betas else 0.0,
+                     lr_ratio=[x / lr if lr > 0 else 1.0 for x in lrs])
+
+
+def has_adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> bool:
+    """Whether the optimizer has a second-moment estimate for ``p`` yet."""
+    state = optimizer.state.get(p, {})
+    return "exp_avg_sq" in state and float(state["step"]) > 0
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer,
+                        params: Sequence[torch.Tensor]) -> Vector:
+    """``P = sqrt(v_hat) + eps`` per parameter, same layout as the parameter (vector dtype)."""
+    groups = param_groups_of(optimizer)
+    out: Vector = []
+    for p in params:
+        group, state = groups[id(p)], optimizer.state[p]
+        beta2 = float(group["betas"][1])
+        step = float(state["step"])
+        v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
+        v = v.detach().to(vector_dtype(p.dtype))
+        out.append((v / (1.0 - beta2**step)).sqrt() + float(group["eps"]))
+    return out
+
+
+def scaling_diagonal(precond: Sequence[torch.Tensor], lr_ratio: Sequence[float]) -> Vector:
+    """``D = sqrt(lr_i / lr) * P^-1/2``, the diagonal of ``G = D H D``."""
+    return [(r / p).sqrt() for p, r in zip(precond, lr_ratio, strict=True)]
+
+
+def transport(u: Sequence[torch.Tensor], p_old: Sequence[torch.Tensor | None],
+              p_new: Sequence[torch.Tensor]) -> Vector:
+    """Map an eigenvector of ``P_old^-1/2 H P_old^-1/2`` to the new preconditioner's frame:
+    ``P_new^1/2 P_old^-1/2 u`` (not renormalised). Entries without an old ``P`` (parameters
+    that just became tracked) are left unchanged."""
+    return [x if po is None else x * (pn / po).sqrt()
+            for x, po, pn in zip(u, p_old, p_new, strict=True)]

@@ -1,0 +1,59 @@
+"""Runs the curvature tracker inside the trainer (``[curvature]``): after the optimizer step of every
+``interval``-th step, on the same batch on every rank, and logs the estimate with that step.
+
+The tracker itself (``titanwarm.curvature``) knows nothing of the trainer; this is the glue. It
+runs before the architecture warm-up's unlock hook, so a tracked step measures the network that
+step trained, and its state (vectors, previous preconditioner) is saved with checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from titanwarm.curvature import CurvatureTracker
+from titanwarm.distributed.parallelize import loss_context
+
+if TYPE_CHECKING:
+    from titanwarm.trainer.trainer import Trainer
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class CurvatureHook:
+    """``after_optimizer_step`` hook owning a ``CurvatureTracker``."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        c = trainer.cfg.curvature
+        self.interval = c.interval
+        self.tracker = CurvatureTracker(trainer.model_parts, trainer.optimizer, method=c.method,
+                                        max_hvps=c.max_hvps, tol=c.tol, preconditioned=c.preconditioned,
+                                        warm_start=c.warm_start, hvp=c.hvp, track_h=c.track_h,
+                                        seed=trainer.cfg.job.seed)
+        # "fixed": the first held-out batch, the same at every tracked step (and on resume).
+        self.fixed_batch = next(iter(trainer.val_loader.batches(1))) if c.batch == "fixed" else None
+        trainer.add_hook("after_optimizer_step", self)
+        trainer.register_state("curvature", self.tracker)
+
+    def __call__(self, trainer: Trainer) -> None:
+        if trainer.step % self.interval:
+            return
+        batch = self.fixed_batch if self.fixed_batch is not None else trainer.batch
+
+        def loss_fn(parts: list[torch.nn.Module], b: Batch) -> torch.Tensor:
+            inputs, labels = (t.to(trainer.device) for t in b)
+            with trainer._compute_context():
+                logits = parts[0](inputs)
+            return trainer.loss_fn(logits, labels)
+
+        with loss_context(trainer.parallel_dims):
+            est = self.tracker.step(loss_fn, batch)
+        if est is None:
+            return
+        trainer.step_metrics.update(
+            lambda_max=est.lambda_max, lr_lambda=est.lr_lambda, stability_threshold=est.threshold,
+            stability_ratio=est.ratio, hvps=est.hvps, tracker_residual=est.residual)
+        if est.lambda_max_h is not None and est.preconditioned:
+            trainer.step_metrics["lambda_max_h"] = est.lambda_max_h
+        trainer.log_requested = True
