@@ -24,6 +24,14 @@ def schedule_table(cfg: JobConfig) -> str:
     plan = resolve_schedule(cfg.depth_schedule, n_layers, cfg.lr_scheduler.warmup_steps)
     lr = LRSchedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.training.steps)
     state = "enabled" if cfg.depth_schedule.enabled else "disabled: every block trains from step 1"
+    if cfg.depth_schedule.enabled and cfg.depth_schedule.mode == "curvature":
+        from titanwarm.archwarm.curvature_policy import describe, policy_for
+
+        policy = policy_for(cfg.depth_schedule, plan, cfg.training.steps)
+        return (f'depth schedule (enabled, mode "curvature": unlock steps depend on the run), '
+                f"{cfg.training.steps} steps\n"
+                + describe(policy, plan.initial, [e.layers for e in plan.events], n_layers,
+                           cfg.curvature.interval, cfg.training.steps, lr.lr))
     return f"depth schedule ({state}), {cfg.training.steps} steps\n" + plan.describe(lr.lr)
 
 
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from titanwarm.checkpoint.manager import CheckpointError
     from titanwarm.data import DataError
     from titanwarm.tokenizers import TokenizerError
-    from titanwarm.trainer import NonFiniteLossError, Trainer
+    from titanwarm.trainer import Trainer
 
     try:
         Trainer(cfg).train()
@@ -56,9 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checkpoint error: {e}", file=sys.stderr)
         return 2
     except TooManySkipsError as e:
-        print(f"training stopped: {e}", file=sys.stderr)
-        return 3
-    except NonFiniteLossError as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 3
     finally:

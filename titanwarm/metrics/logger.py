@@ -42,7 +42,8 @@ def _fmt(key: str, value: Any) -> str:
 class MetricsLogger:
     """Metrics sink for one run; every method is a no-op on ranks other than 0."""
 
-    CONSOLE_KEYS = ("loss", "grad_norm", "lr", "tokens_per_sec", "memory_gib", "val_loss", "val_ppl")
+    CONSOLE_KEYS = ("loss", "grad_norm", "lr", "tokens_per_sec", "memory_gib", "val_loss", "val_ppl",
+                    "lr_lambda", "stability_ratio")
 
     def __init__(self, dump_folder: str, is_rank0: bool, tensorboard: bool, console: bool) -> None:
         self.enabled = is_rank0

@@ -44,9 +44,7 @@ def install_stabilizers(trainer: Trainer) -> QKClip | None:
     once (rank 0), and with ``qk_clip`` add the QK-Clip ``after_optimizer_step`` hook, whose metrics
     (qk_max_logit, qk_max_logit/layer_<i>, qk_clipped_heads) go into ``trainer.step_metrics``.
     Returns the ``QKClip`` (or None). z-loss is applied by the trainer's ``loss_fn``."""
-    cfg: Stabilizers | None = getattr(trainer.cfg, "stabilizers", None)
-    if cfg is None:
-        return None
+    cfg = trainer.cfg.stabilizers
     args = trainer.model_args
     if trainer.rank == 0:
         print(describe(cfg, args), flush=True)

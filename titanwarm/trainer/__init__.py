@@ -1,5 +1,5 @@
 """The training loop (``Trainer``) and its helpers."""
 
-from titanwarm.trainer.trainer import HOOK_POINTS, NonFiniteLossError, Trainer
+from titanwarm.trainer.trainer import HOOK_POINTS, Trainer
 
-__all__ = ["HOOK_POINTS", "NonFiniteLossError", "Trainer"]
+__all__ = ["HOOK_POINTS", "Trainer"]

@@ -43,7 +43,7 @@ class CurvatureHook:
 
         def loss_fn(parts: list[torch.nn.Module], b: Batch) -> torch.Tensor:
             inputs, labels = (t.to(trainer.device) for t in b)
-            with trainer._compute_context():
+            with trainer.compute_context():
                 logits = parts[0](inputs)
             return trainer.loss_fn(logits, labels)
 

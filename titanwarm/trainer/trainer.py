@@ -40,10 +40,6 @@ from titanwarm.trainer.flops import mfu
 HOOK_POINTS = ("before_optimizer_step", "after_optimizer_step", "after_step")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient norm became NaN/inf; the message names the step."""
-
-
 class Trainer:
     """One training run. ``Trainer(cfg).train()`` runs it to ``cfg.training.steps``."""
 
@@ -67,7 +63,8 @@ class Trainer:
         self.model_parts = [self.model]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.warmup = (ArchitectureWarmup(cfg.depth_schedule, self.model, cfg.lr_scheduler.warmup_steps,
-                                          cfg.job.seed, init_sampler(self.model, cfg.job.seed))
+                                          cfg.job.seed, init_sampler(self.model, cfg.job.seed),
+                                          cfg.training.steps)
                        if cfg.depth_schedule.enabled else None)  # locks blocks before the optimizer sees them
 
         self.optimizer = build_optimizer(self.model_parts, cfg.optimizer)
@@ -120,7 +117,7 @@ class Trainer:
         for fn in self.hooks[point]:
             fn(self)
 
-    def _compute_context(self):
+    def compute_context(self):
         """Autocast for single-device mixed precision (FSDP2 handles it when sharding)."""
         dtype = getattr(torch, self.cfg.training.mixed_precision_param)
         if self.device.type == "cuda" and dtype != torch.float32 and not self.parallel_dims.dp_enabled:
@@ -133,7 +130,7 @@ class Trainer:
 
     def forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """This rank's mean loss on one micro-batch."""
-        with self._compute_context():
+        with self.compute_context():
             logits = self.model(inputs)
         return self.loss_fn(logits, labels)
 
@@ -205,7 +202,8 @@ class Trainer:
         if self.rank == 0:
             print(f"titanwarm: {cfg.job.description} | {cfg.model.name}/{cfg.model.flavor} "
                   f"{self.n_params / 1e6:.2f}M params | world {self.world_size} "
-                  f"(dp_replicate {pd.dp_replicate} x dp_shard {pd.dp_shard} x tp {pd.tp}) | device {self.device} | global batch "
+                  f"(dp_replicate {pd.dp_replicate} x dp_shard {pd.dp_shard} x tp {pd.tp}) | device {self.device} | "
+                  f"global batch "
                   f"{self.global_batch} x {cfg.training.seq_len} tokens, grad accum {self.grad_accum}",
                   flush=True)
         tokens_per_step = self.global_batch * cfg.training.seq_len

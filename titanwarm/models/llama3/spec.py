@@ -32,9 +32,8 @@ class ModelSpec:
         if cfg.model.flavor not in self.flavors:
             raise KeyError(f"unknown {self.name} flavor {cfg.model.flavor!r}; "
                            f"known: {', '.join(self.flavors)}")
-        stabilizers = getattr(cfg, "stabilizers", None)  # [stabilizers]: QK-Norm, soft-caps, QK-Clip
-        overrides = stabilizers.model_overrides() if stabilizers is not None else {}
         args = dataclasses.replace(self.flavors[cfg.model.flavor], vocab_size=vocab_size,
-                                   max_seq_len=cfg.training.seq_len, **overrides)
+                                   max_seq_len=cfg.training.seq_len,
+                                   **cfg.stabilizers.model_overrides())  # QK-Norm, soft-caps, QK-Clip
         with torch.device("meta"):
             return self.cls(args)
