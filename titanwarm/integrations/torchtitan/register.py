@@ -1,0 +1,25 @@
+"""``[experimental] custom_import = "titanwarm.integrations.torchtitan.register"``.
+
+Registers ``llama3_titanwarm``: torchtitan's own Llama 3 TrainSpec (model class, flavors,
+parallelize, dataloader, ...) with its optimizer, loss and metrics builders wrapped by
+:func:`titanwarm.integrations.torchtitan.adapter.wrap_train_spec`. Select it with
+``[model] name = "llama3_titanwarm"``. A fork with its own TrainSpec calls
+``register_train_spec("my_model_titanwarm", wrap_train_spec(my_spec))`` instead.
+"""
+
+from torchtitan.protocols.train_spec import get_train_spec, register_train_spec
+
+from titanwarm.integrations.torchtitan.adapter import wrap_train_spec
+
+NAME = "llama3_titanwarm"
+
+
+def register(name: str = NAME, base: str = "llama3") -> None:
+    """Register ``name`` as ``base``'s TrainSpec with titanwarm's builders (idempotent)."""
+    try:
+        register_train_spec(name, wrap_train_spec(get_train_spec(base)))
+    except ValueError:  # already registered (module imported twice under different names)
+        pass
+
+
+register()
