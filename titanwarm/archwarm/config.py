@@ -3,7 +3,9 @@
 A locked block is an exact identity map held out of the optimizer (see ``archwarm/locks.py``). The
 schedule starts with ``initial_layers`` (or ``initial_fraction`` of the depth) active, then unlocks
 the rest in groups: the first group after ``start`` optimizer steps, then one every ``interval``
-steps, in the block ``order``. ``unlocks`` gives full control instead. ``python train.py --config X
+steps, in the block ``order``. ``unlocks`` gives full control instead. ``mode = "curvature"`` keeps
+the groups and their order but lets the curvature tracker decide when each one unlocks (see
+``archwarm/curvature_policy.py`` and docs/architecture_warmup.md). ``python train.py --config X
 --print-schedule`` prints the resolved timeline.
 """
 
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 
 UNLOCK_INITS = ("noise", "zero_out", "ramp")
 ORDERS = ("bottom_up", "top_down", "interleaved")
-MODES = ("fixed",)
+MODES = ("fixed", "curvature")
 
 
 @dataclass
@@ -21,7 +23,10 @@ class DepthSchedule:
     enabled: bool = False
     """Turn architecture warm-up on (blocks start locked and unlock on this schedule)."""
     mode: str = "fixed"
-    """"fixed": unlock on the step timeline below."""
+    """"fixed": unlock on the step timeline below. "curvature": same groups and order, but after
+    `start` the next group unlocks once the [curvature] tracker's stability_ratio has stayed below
+    target_ratio for `patience` tracked steps (at least min_interval steps after the previous
+    unlock), and at the latest on the all_unlocked_by deadline pace; needs [curvature] enabled."""
     initial_layers: int = -1
     """Blocks active from the first step; -1 uses initial_fraction of the depth instead."""
     initial_fraction: float = 0.5
@@ -30,7 +35,7 @@ class DepthSchedule:
     """The first group unlocks after this many optimizer steps; "warmup_end" means the LR
     scheduler's warmup_steps."""
     interval: int = 500
-    """Optimizer steps between two group unlocks."""
+    """Optimizer steps between two group unlocks (fixed mode)."""
     group_size: int = -1
     """Blocks per unlock group; -1 unlocks the locked blocks in 4 groups (ceil(locked / 4) each)."""
     order: list[int] | str = "bottom_up"
@@ -42,6 +47,24 @@ class DepthSchedule:
     """Explicit timeline, e.g. [{step = 100, layers = [4, 5]}, {step = 300, layers = [6, 7]}]:
     after optimizer step `step` the listed blocks unlock; blocks listed nowhere are active from
     the start. When given, it replaces initial_*, start, interval, group_size and order."""
+    target_ratio: float = 0.5
+    """Curvature mode: a tracked step counts as safe when stability_ratio (lr * lambda_max /
+    threshold) is below this."""
+    patience: int = 3
+    """Curvature mode: safe tracked steps in a row (measured since the previous unlock) before the
+    next group unlocks."""
+    min_interval: int = 100
+    """Curvature mode: optimizer steps at least between two unlocks."""
+    all_unlocked_by: int | float = 0.8
+    """Curvature mode deadline: every block is unlocked after this step at the latest. An integer
+    is a step (e.g. 1500); a number in (0, 1) with a decimal point is a fraction of training.steps
+    (e.g. 0.8). Group k (of n) is forced out after step start + (k + 1) * (deadline - start) // n
+    at the latest, whatever the ratio."""
+    hold_ratio: float = 0.0
+    """Curvature mode: if stability_ratio exceeds this after an unlock, the next unlock waits until
+    the ratio has been below target_ratio for `patience` tracked steps again, and even the deadline
+    pace waits (as far as the deadline allows: then the remaining groups go min_interval apart,
+    the last one on the deadline). 0 turns the hold off; otherwise >= target_ratio."""
     unlock_init: str = "noise"
     """How an unlocked block's weights start (its norm weights keep their init): "noise" (every
     weight ~ N(0, noise_std^2): output and Jacobian within O(noise_std^2) of identity), "zero_out"
@@ -84,14 +107,60 @@ class DepthSchedule:
                for key, ok, what in checks if not ok]
         if bad:
             return bad
+        if self.mode == "curvature":
+            bad = self._curvature_value_problems(cfg)
+            if bad:
+                return bad
         n_layers = MODELS.get(cfg.model.name).flavors[cfg.model.flavor].n_layers
         try:
             plan = resolve_schedule(self, n_layers, cfg.lr_scheduler.warmup_steps)
         except ScheduleError as e:
             return [(e.key, e.why)]
+        if self.mode == "curvature":
+            return self._deadline_problems(cfg, plan)
         last = plan.events[-1].step if plan.events else 0
         if last >= cfg.training.steps:
             return [("unlocks" if self.unlocks else "interval",
                      f"the last group unlocks after step {last}, but training.steps is "
                      f"{cfg.training.steps}: every block must unlock before the run ends")]
+        return []
+
+    def _curvature_value_problems(self, cfg) -> list[tuple[str, str]]:
+        """mode = "curvature": the tracker is on, and the policy's keys are in range."""
+        by = self.all_unlocked_by
+        checks = [
+            ("mode", cfg.curvature.enabled,
+             'mode = "curvature" reads the tracker\'s stability_ratio: set [curvature] enabled = true'),
+            ("unlocks", not self.unlocks,
+             'an explicit unlocks timeline cannot be used with mode = "curvature" (the policy picks '
+             "the steps; give initial_*, group_size and order instead)"),
+            ("target_ratio", self.target_ratio > 0, "must be a number > 0"),
+            ("patience", self.patience >= 1, "must be an integer >= 1"),
+            ("min_interval", self.min_interval >= 1, "must be an integer >= 1"),
+            ("hold_ratio", self.hold_ratio == 0 or self.hold_ratio >= self.target_ratio,
+             f"must be 0 (off) or >= target_ratio ({self.target_ratio})"),
+            ("all_unlocked_by", (isinstance(by, int) and by >= 1) or (isinstance(by, float) and 0 < by < 1),
+             "must be a step (an integer >= 1) or a fraction of training.steps in (0, 1), e.g. 0.8"),
+        ]
+        return [(key, f"{getattr(self, key)!r}: {why}") for key, ok, why in checks if not ok]
+
+    def _deadline_problems(self, cfg, plan) -> list[tuple[str, str]]:
+        """mode = "curvature": the deadline lies after start, before the end, and leaves every
+        remaining group min_interval steps."""
+        from titanwarm.archwarm.curvature_policy import deadline_step
+
+        n_groups = len(plan.events)
+        if not n_groups:
+            return []
+        start = plan.events[0].step
+        deadline = deadline_step(self.all_unlocked_by, cfg.training.steps)
+        if deadline >= cfg.training.steps:
+            return [("all_unlocked_by", f"resolves to step {deadline}, but training.steps is "
+                                        f"{cfg.training.steps}: every block must unlock before the run ends")]
+        if (deadline - start) // n_groups < self.min_interval:
+            return [("all_unlocked_by",
+                     f"resolves to step {deadline}: {n_groups} group(s) from start step {start} leave "
+                     f"{(deadline - start) // n_groups} steps per group, fewer than min_interval "
+                     f"{self.min_interval}; move the deadline later, start earlier, or lower "
+                     "min_interval / the number of groups (group_size)")]
         return []

@@ -8,8 +8,13 @@ optimizer is built so that they stay out of it. ``attach(trainer)`` then registe
 - sets, for step s + 1, each recently unlocked block's LR scale (``unlock_lr_warmup_steps``) and
   ramp gate (``unlock_init = "ramp"``);
 - reports ``active_layers`` (the depth that step s trained at).
-Its ``state_dict`` (lock mask + unlock steps) goes into checkpoints; loading it re-adds the unlocked
-blocks' parameter groups in their original order, before the optimizer state is loaded.
+In ``mode = "curvature"`` the unlock steps are not known in advance: after step s the hook feeds a
+``CurvaturePolicy`` (``curvature_policy.py``) the ``stability_ratio`` the curvature tracker hook
+(registered before this one) measured on step s, all-reduced (max) so every rank decides alike, and
+unlocks the group it names; the ``unlock`` event then carries ``reason`` and ``ratio``.
+Its ``state_dict`` (lock mask + unlock steps + the policy's decision state) goes into checkpoints;
+loading it re-adds the unlocked blocks' parameter groups in their original order, before the
+optimizer state is loaded.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+import math
+
 from titanwarm.archwarm.config import DepthSchedule
+from titanwarm.archwarm.curvature_policy import CurvaturePolicy, policy_for
 from titanwarm.archwarm.locks import BlockLocks
 from titanwarm.archwarm.schedule import resolve_schedule
 from titanwarm.archwarm.unlock_init import Sampler, add_gate, init_unlocked, set_gate
+from titanwarm.distributed.utils import all_reduce_max
 from titanwarm.optim import add_parameters
 
 if TYPE_CHECKING:
@@ -32,9 +41,15 @@ class ArchitectureWarmup:
     """The depth schedule of one run: lock mask, unlock timeline and per-block ramps."""
 
     def __init__(self, cfg: DepthSchedule, model: nn.Module, warmup_steps: int, seed: int,
-                 sample_init: Sampler) -> None:
+                 sample_init: Sampler, total_steps: int | None = None) -> None:
         self.cfg, self.seed, self.sample_init = cfg, seed, sample_init
         self.plan = resolve_schedule(cfg, len(model.layers), warmup_steps)
+        self.policy: CurvaturePolicy | None = None
+        """mode = "curvature": decides when the plan's groups unlock (their fixed steps are unused)."""
+        if cfg.mode == "curvature":
+            if total_steps is None:
+                raise ValueError('mode = "curvature" needs total_steps (for all_unlocked_by)')
+            self.policy = policy_for(cfg, self.plan, total_steps)
         self.locks = BlockLocks([(f"layers.{k}", m) for k, m in model.layers.items()], cfg.skip_locked)
         for index in range(len(self.locks.blocks)):
             if index not in self.plan.initial:
@@ -59,19 +74,40 @@ class ArchitectureWarmup:
         """Hook: record this step's depth, apply the unlocks due by now, set next step's ramps."""
         step = trainer.step
         trainer.step_metrics["active_layers"] = self.locks.n_active
-        for event in self.plan.events:
-            if event.step > step or event.layers[0] in self.unlocked_at:
-                continue  # not due yet, or done (a due event still applies after a skipped step)
-            for index in event.layers:
-                prefix, block = self.locks.blocks[index]
-                init_unlocked(prefix, block, self.cfg.unlock_init, self.sample_init, self.seed,
-                              self.cfg.noise_std)
-                self._add_to_optimizer(index, 0.0)
-                self.unlocked_at[index] = step
-            trainer.metrics.log_event("unlock", step, {"layers": list(event.layers),
-                                                        "active_layers": self.locks.n_active,
-                                                        "init": self.cfg.unlock_init})
+        if self.policy is not None:
+            self._curvature_unlocks(trainer, step)
+        else:
+            for event in self.plan.events:
+                if event.step > step or event.layers[0] in self.unlocked_at:
+                    continue  # not due yet, or done (a due event still applies after a skipped step)
+                self._unlock(trainer, step, event.layers, {})
         self.set_ramps(step + 1)
+
+    def _curvature_unlocks(self, trainer: Trainer, step: int) -> None:
+        """Feed the policy this step's ratio (None when untracked) and apply its decision."""
+        ratio = trainer.step_metrics.get("stability_ratio")
+        if ratio is not None:
+            # Computed from all-reduced DTensor inner products, so already equal on every rank;
+            # the max makes that a guarantee (NaN -> inf: a bad reading is never "safe").
+            ratio = float(ratio)
+            ratio = all_reduce_max(math.inf if math.isnan(ratio) else ratio)
+        decision = self.policy.update(step, ratio)
+        if decision is not None:
+            self._unlock(trainer, step, self.plan.events[decision.group].layers,
+                         {"reason": decision.reason, "ratio": decision.ratio,
+                          "ratio_step": decision.ratio_step})
+
+    def _unlock(self, trainer: Trainer, step: int, layers: tuple[int, ...], extra: dict) -> None:
+        """Initialise ``layers``, hand them to the optimizer and log an ``unlock`` event."""
+        for index in layers:
+            prefix, block = self.locks.blocks[index]
+            init_unlocked(prefix, block, self.cfg.unlock_init, self.sample_init, self.seed,
+                          self.cfg.noise_std)
+            self._add_to_optimizer(index, 0.0)
+            self.unlocked_at[index] = step
+        trainer.metrics.log_event("unlock", step, {"layers": list(layers),
+                                                    "active_layers": self.locks.n_active,
+                                                    "init": self.cfg.unlock_init, **extra})
 
     def set_ramps(self, step: int) -> None:
         """LR scales and residual gates of unlocked blocks for optimizer step ``step``."""
@@ -84,9 +120,13 @@ class ArchitectureWarmup:
                 set_gate(self.locks.blocks[index][1], min(1.0, (step - at - 1) / ramp))
 
     def state_dict(self) -> dict:
-        """Lock mask and the step each block unlocked after (for an exact resume)."""
-        return {**self.locks.state_dict(),
-                "unlocked_at": [[index, at] for index, at in self.unlocked_at.items()]}
+        """Lock mask, the step each block unlocked after and (curvature mode) the policy's
+        decision state (for an exact resume)."""
+        state = {**self.locks.state_dict(),
+                 "unlocked_at": [[index, at] for index, at in self.unlocked_at.items()]}
+        if self.policy is not None:
+            state["policy"] = self.policy.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the mask; re-add unlocked blocks' groups in unlock order (optimizer state is
@@ -99,4 +139,11 @@ class ArchitectureWarmup:
             self._add_to_optimizer(index, 0.0)
             self.unlocked_at[index] = at
         self.locks.load_state_dict({"locked": state["locked"]})
+        if self.policy is not None:
+            if "policy" in state:
+                self.policy.load_state_dict(state["policy"])
+            else:  # saved in fixed mode: continue from the groups already out, with a fresh streak
+                done = [e for e in self.plan.events if all(i in self.unlocked_at for i in e.layers)]
+                self.policy.next_group = len(done)
+                self.policy.last_unlock = max(self.unlocked_at.values(), default=None)
         self.set_ramps(self.trainer.step + 1)
