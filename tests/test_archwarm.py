@@ -151,3 +151,34 @@ def test_ramp_gate_scales_branches():
     attn = block.attention(block.attention_norm(x), rope)
     h = x + 0.5 * attn
     assert torch.allclose(half, h + 0.5 * block.feed_forward(block.ffn_norm(h)), atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--activation_checkpoint.mode", "full"],
+    ["--compile.enable", "true", "--compile.backend", "eager"],
+], ids=["activation_checkpoint", "compile"])
+def test_unlock_under_checkpointing_and_compile_matches_plain(tmp_path, extra):
+    """Through an unlock (ramp init, so the block's gate changes every step), activation
+    checkpointing and per-block compile give the plain run's losses (fp32, rel 1e-6), and compile
+    compiles one more graph at the unlock (the residual gate appears) and none as the gate moves."""
+    import torch._dynamo
+
+    ramp = ["--depth_schedule.unlock_init", "ramp", "--depth_schedule.ramp_steps", "3"]
+
+    def losses(folder, more):
+        t = make_trainer(folder, *ramp, *more)
+        out = []
+        for _ in range(7):
+            t.step += 1
+            out.append(t.train_step()[0])
+        return out
+
+    plain = losses(tmp_path / "plain", [])
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = losses(tmp_path / "variant", extra)
+    assert got == pytest.approx(plain, rel=1e-6)
+    if "--compile.enable" in extra:
+        # All blocks share one forward: one graph without a gate, one with it once a ramping block
+        # is unlocked; the gate's value changing every step must not recompile.
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
