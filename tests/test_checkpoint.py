@@ -7,6 +7,7 @@ with an unlock inside the run, the curvature tracker on) and the bit-exact and r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,17 @@ from tests.launch import REPO, free_port
 STEPS, INTERVAL, KILL_AT = 10, 4, 6
 EXTRA: list[str] = []
 """Overrides for every run (the lead extends this: an unlock event, the curvature tracker ...)."""
+
+
+VARIANTS: dict[str, list[str]] = {
+    "plain": [],
+    # tinymodel has 2 blocks: 1 active, block 1 unlocks after step 5, i.e. between the step-4
+    # checkpoint the killed run resumes from and the end; the tracker runs every 2 steps, so its
+    # warm-start vector is saved at step 4 and grows onto block 1 at step 6, in both runs.
+    "unlock+curvature": ["--depth_schedule.enabled", "true", "--depth_schedule.start", "5",
+                         "--curvature.enabled", "true", "--curvature.interval", "2"],
+}
+"""Extra overrides per variant of the bit-exact resume test (the other tests use ``plain``)."""
 
 
 def base_args(dump: Path, steps: int = STEPS, world: int = 1) -> list[str]:
@@ -63,10 +75,48 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux /proc), breadth first."""
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def kill_tree(pid: int, sig) -> None:
+    """Send ``sig`` to ``pid``'s process group and to each descendant. torchrun starts its workers
+    with ``start_new_session=True`` (torch 2.13), so killing torchrun's group alone leaves the ranks
+    running as orphans (they then finish more steps and save more checkpoints)."""
+    procs = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+    if sig == signal.SIGKILL:
+        deadline = time.time() + 30
+        while any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in procs):
+            assert time.time() < deadline, "ranks did not die"
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
 def run_and_kill(nproc: int, args: list[str], until: str, sig=signal.SIGKILL,
                  env: dict | None = None) -> str:
     """Start a run in its own process group; when a stdout line starts with ``until`` send ``sig`` to
-    the whole group (SIGKILL: a real crash). Returns the output seen."""
+    the whole group and every rank (SIGKILL: a real crash). Returns the output seen."""
     proc = subprocess.Popen(command(nproc, args), cwd=REPO, env={**_env(), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -76,7 +126,7 @@ def run_and_kill(nproc: int, args: list[str], until: str, sig=signal.SIGKILL,
         for line in proc.stdout:
             seen.append(line)
             if line.startswith(until):
-                os.killpg(proc.pid, sig)
+                kill_tree(proc.pid, sig)
                 break
             assert time.time() < deadline, "".join(seen)
         else:
@@ -84,7 +134,7 @@ def run_and_kill(nproc: int, args: list[str], until: str, sig=signal.SIGKILL,
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid, signal.SIGKILL)
             proc.wait()
     return "".join(seen)
 
@@ -127,6 +177,29 @@ def straight(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def straight_variant(request, tmp_path_factory):
+    """variant name -> its uninterrupted reference run (``plain`` is ``straight``), made once."""
+    cache: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant == "plain":
+            return request.getfixturevalue("straight")
+        if variant not in cache:
+            dump = tmp_path_factory.mktemp("ckpt") / f"straight-{variant.replace('+', '-')}"
+            ok(run(2, base_args(dump, world=2) + VARIANTS[variant]))
+            cache[variant] = dump
+        return cache[variant]
+
+    return get
+
+
+def curvature_values(dump: Path) -> dict[int, tuple]:
+    """step -> the tracker's logged values (last record of a step wins, as in ``losses``)."""
+    keys = ("lambda_max", "lr_lambda", "stability_ratio", "hvps", "tracker_residual")
+    return {r["step"]: tuple(r[k] for k in keys) for r in records(dump) if "lambda_max" in r}
+
+
+@pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
     """A 1-process run with checkpoints at 4 and 8 (used by the bad-input tests; not modified)."""
     dump = tmp_path_factory.mktemp("ckpt") / "single"
@@ -145,16 +218,25 @@ def copy_run(src: Path, dst: Path, steps: list[int] | None = None) -> Path:
 
 # ---------------------------------------------------------------- resume
 @pytest.mark.slow
-def test_bit_exact_resume_after_sigkill(straight, tmp_path):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bit_exact_resume_after_sigkill(straight_variant, variant, tmp_path):
+    straight = straight_variant(variant)
+    args = base_args(tmp_path / "killed", world=2) + VARIANTS[variant]
     dump = tmp_path / "killed"
-    out = run_and_kill(2, base_args(dump, world=2), until=f"[{KILL_AT}/{STEPS}")
+    out = run_and_kill(2, args, until=f"[{KILL_AT}/{STEPS}")
     assert complete(dump) == ["step-4"], out
-    proc = ok(run(2, base_args(dump, world=2)))
-    assert f"resumed from step {INTERVAL}" in proc.stdout
+    proc = ok(run(2, args))
+    assert f"resumed from step {INTERVAL}" in proc.stdout, out + "\n=== resumed run ===\n" + proc.stdout
     ref, got = losses(straight), losses(dump)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert got == ref  # exact float equality, every step
     assert [r["step"] for r in records(dump, "resume")] == [INTERVAL]
+    if variant == "unlock+curvature":
+        assert {r["step"] for r in records(dump, "unlock")} == {5}  # (logged again after the resume)
+        assert [r["step"] for r in records(straight, "unlock")] == [5]
+        lam_ref, lam_got = curvature_values(straight), curvature_values(dump)
+        assert sorted(lam_ref) == list(range(2, STEPS + 1, 2))
+        assert lam_got == lam_ref  # λ, lr·λ, ratio, HVPs, residual: bit-identical, every tracked step
     a, b = exported(straight, tmp_path), exported(dump, tmp_path)
     assert a.keys() == b.keys()
     for k in a:

@@ -1,6 +1,8 @@
 """Distributed parity of the curvature tracker: FSDP2 (2 procs), TP (2) and FSDP2xTP (4, 2x2)
 give the single-process λmax of H and of G (after a few AdamW steps) on the same global batch,
-with the autograd and the finite-difference HVP. Worker: tests/workers/curvature_parity.py."""
+with the autograd and the finite-difference HVP. Worker: tests/workers/curvature_parity.py.
+Models: the worker's ``mini`` transformer, and the project's Llama 3 (``llama``: tinymodel shape,
+the project's own TP plan with sequence parallelism and FSDP2 wrapping) for FSDP2 and TP."""
 
 from __future__ import annotations
 
@@ -15,16 +17,27 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def single() -> dict:
-    return run("single")
+def single():
+    """model name -> the single-process result (computed once per model)."""
+    cache: dict[str, dict] = {}
+
+    def get(model: str) -> dict:
+        if model not in cache:
+            cache[model] = run("single", model)
+        return cache[model]
+
+    return get
 
 
-@pytest.mark.parametrize("layout,nproc", [("fsdp", 2), ("tp", 2), ("fsdp_tp", 4)])
-def test_lambda_matches_single_process(layout: str, nproc: int, single: dict, tmp_path) -> None:
+@pytest.mark.parametrize("model,layout,nproc", [("mini", "fsdp", 2), ("mini", "tp", 2),
+                                                ("mini", "fsdp_tp", 4), ("llama", "fsdp", 2),
+                                                ("llama", "tp", 2)])
+def test_lambda_matches_single_process(model: str, layout: str, nproc: int, single, tmp_path) -> None:
     out = tmp_path / "result.json"
-    torchrun(nproc, ["tests/workers/curvature_parity.py", "--layout", layout, "--out", str(out)],
-             timeout=240)
+    torchrun(nproc, ["tests/workers/curvature_parity.py", "--layout", layout, "--model", model,
+                     "--out", str(out)], timeout=240)
     dist = json.loads(out.read_text())
+    single = single(model)
     ref = single["autograd"]
     for hvp in ("autograd", "finite_difference"):
         for key in ("g", "h"):  # converged Lanczos (fp32): within 1%

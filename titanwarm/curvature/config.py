@@ -9,11 +9,15 @@ from dataclasses import dataclass
 class Curvature:
     enabled: bool = False
     """Track λmax of Adam's preconditioned Hessian (and optionally of the Hessian)."""
-    interval: int = 10
-    """Track every N optimizer steps (after the optimizer step)."""
-    method: str = "power"
-    """Eigen-solver: "power" (shifted power iteration) or "lanczos" (warm-started Krylov; better
-    when the top eigenvalues are close)."""
+    interval: int = 100
+    """Track every N optimizer steps (after the optimizer step). A tracked step costs about 14.5
+    forward+backward passes at max_hvps = 5 (scripts/bench_tracker.py), so the overhead is roughly
+    14.5 / interval of the training time."""
+    method: str = "lanczos"
+    """Eigen-solver: "lanczos" (default: warm-started Krylov solve; scripts/curvature_accuracy.py
+    measured 3.6% median error at 5 HVPs on a depth8 Llama, where G's negative eigenvalues dwarf
+    λmax) or "power" (shifted power iteration; stalls when |λmin| >> λmax, which the same run
+    showed)."""
     max_hvps: int = 5
     """Hessian-vector products per solve (per tracked step, per tracked matrix)."""
     tol: float = 1e-3

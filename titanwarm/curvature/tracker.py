@@ -3,7 +3,7 @@
 Usage (any ``nn.Module`` or list of model parts, plain / FSDP2 / TP / both, with a
 ``torch.optim.Adam``/``AdamW``)::
 
-    tracker = CurvatureTracker(model_parts, optimizer, method="power", max_hvps=5)
+    tracker = CurvatureTracker(model_parts, optimizer, method="lanczos", max_hvps=5)
     est = tracker.step(loss_fn, batch)   # after optimizer.step(); loss_fn(model_parts, batch)
     print(est.lambda_max, est.lr_lambda, est.threshold, est.ratio, est.hvps, est.residual)
 
@@ -92,7 +92,7 @@ class CurvatureTracker:
     """
 
     def __init__(self, model_parts: nn.Module | Sequence[nn.Module],
-                 optimizer: torch.optim.Optimizer, method: str = "power", max_hvps: int = 5,
+                 optimizer: torch.optim.Optimizer, method: str = "lanczos", max_hvps: int = 5,
                  tol: float = 1e-3, preconditioned: bool = True, warm_start: bool = True,
                  hvp: str = "auto", track_h: bool = False, seed: int = 0,
                  fd_eps: float = 1e-4, fd_relative: bool = True) -> None:
