@@ -374,7 +374,7 @@ class CheckpointManager:
         _fsync_dir(self.folder)
         seconds = time.perf_counter() - t0
         size = _folder_bytes(final)
-        values = {"path": str(final), "size_mb": round(size / 2**20, 3), "save_s": round(seconds, 3)}
+        values = {"path": str(final), "size_mib": round(size / 2**20, 3), "save_s": round(seconds, 3)}
         if blocking is not None:
             values["blocking_s"] = round(blocking, 3)
         self.trainer.metrics.log_event("checkpoint", meta["step"], values)
