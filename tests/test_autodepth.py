@@ -102,6 +102,15 @@ def test_hold_back_after_an_unlock():
     assert [(s, r) for s, _, r, _ in got] == [(30, "deadline"), (35, "curvature"), (40, "curvature")]
 
 
+def test_a_group_held_past_the_next_pace_step_keeps_the_minimum_interval():
+    # 4 groups: pace 25, 40, 55, 70; hard 55, 60, 65, 70. Group 1 is held (spike at 12) until its
+    # hard step 60; group 2's pace step (55) has passed by then, yet it waits min_interval (65).
+    stream = {12: SPIKE, **{s: SPIKE for s in range(13, 60)}, **{s: HI for s in range(60, 100)}}
+    got = unlocks(policy(n=4, hold=1.0), stream, 100)
+    assert [(s, r) for s, _, r, _ in got] == [(10, "curvature"), (60, "deadline"), (65, "deadline"),
+                                             (70, "deadline")]
+
+
 def test_state_dict_round_trip_resumes_exactly():
     stream = {12: SPIKE, **{s: HI for s in range(13, 20)}, 30: HI}
     straight = unlocks(policy(hold=1.0), stream, 100)

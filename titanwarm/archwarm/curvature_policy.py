@@ -20,9 +20,11 @@ curvature tracker on *this* step, ``None`` on untracked steps) and gets back ``N
   ``hard[k] = D - (n - 1 - k) * min_interval`` (the remaining groups still fit by ``D``,
   ``min_interval`` apart).
 
-Validation guarantees ``(D - start) // n >= min_interval``, so consecutive ``latest``/``hard`` steps
-are at least ``min_interval`` apart and a forced unlock never comes sooner than ``min_interval``
-after the previous one (unless steps were skipped by the fault guard: the deadline then wins).
+A forced unlock also waits until ``min_interval`` steps after the previous unlock (a group held past
+the next group's pace step would otherwise pull that group out right behind it), except at its
+``hard`` step. Validation guarantees ``(D - start) // n >= min_interval``, so ``latest[k] <=
+hard[k]`` and consecutive ``hard`` steps are ``min_interval`` apart: unlocks never come closer than
+``min_interval`` (unless steps were skipped by the fault guard: the deadline then wins).
 Everything is deterministic in (step, ratio): feed every rank the same (all-reduced) ratio and every
 rank decides the same.
 """
@@ -98,7 +100,10 @@ class CurvaturePolicy:
         spaced = self.last_unlock is None or step - self.last_unlock >= self.min_interval
         if spaced and not self.held and self.streak >= self.patience:
             return self._unlock(step, "curvature")
-        if step >= (self.hard[k] if self.held else self.latest[k]):
+        # The pace forces a group out once due, min_interval after the previous unlock; at its hard
+        # step it goes whatever the spacing (hard steps are min_interval apart by construction).
+        due = self.hard[k] if self.held else self.latest[k]
+        if step >= self.hard[k] or (step >= due and spaced):
             return self._unlock(step, "deadline")
         return None
 
