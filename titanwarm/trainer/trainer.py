@@ -84,7 +84,6 @@ class Trainer:
         self.states: dict[str, Stateful] = {}
         self.step = 0
         self.step_metrics: dict[str, float] = {}
-        self.last_loss = math.nan
         # checkpoint seam: fault guard (skip/stop decisions) and the manager (load before the
         # loop, save after a step); registered states (register_state) are saved with it.
         self.fault = FaultGuard(cfg.fault, self.device)
@@ -117,7 +116,7 @@ class Trainer:
         for fn in self.hooks[point]:
             fn(self)
 
-    def compute_context(self):
+    def compute_context(self) -> contextlib.AbstractContextManager:
         """Autocast for single-device mixed precision (FSDP2 handles it when sharding)."""
         dtype = getattr(torch, self.cfg.training.mixed_precision_param)
         if self.device.type == "cuda" and dtype != torch.float32 and not self.parallel_dims.dp_enabled:
@@ -216,7 +215,6 @@ class Trainer:
             loss, grad_norm = self.train_step()
             window_steps += 1
             self._run_hooks("after_step")
-            self.last_loss = loss
             self.checkpoint.maybe_save(self.step, last=self.step == steps, force=self.stop_signal is not None)
             log_now = (self._should(cfg.metrics.log_freq) or self.stop_signal is not None
                        or self.step_skipped is not None or self.log_requested)
