@@ -394,3 +394,18 @@ def test_config_problems() -> None:
     with pytest.raises(ValueError):
         CurvatureTracker(nn.Linear(2, 2), torch.optim.Adam(nn.Linear(2, 2).parameters()),
                          method="arnoldi")
+
+
+def test_power_reports_the_largest_rayleigh_quotient_seen() -> None:
+    """With λmin = -50 dominating λmax = 2, the iterates' Rayleigh quotients fall below zero before
+    the shift catches up; the reported value is the best lower bound seen (here the start's), never
+    a negative number passed off as λmax."""
+    diag = torch.tensor([2.0, 1.0, -50.0], dtype=torch.float64)
+    op = lambda v: [diag * v[0]]  # noqa: E731
+    u0 = [torch.tensor([1.0, 0.0, 0.05], dtype=torch.float64)]
+    first = float((u0[0] * diag * u0[0]).sum() / (u0[0] @ u0[0]))
+    res = power_iteration(op, u0, max_hvps=2, tol=0.0)
+    assert 0 < first <= 2.0 and res.eigenvalue == pytest.approx(first)
+    u = V.normalize(u0)
+    second = V.normalize([diag * u[0]])
+    assert float(second[0] @ (diag * second[0])) < 0  # the last iterate's quotient is negative

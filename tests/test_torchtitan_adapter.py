@@ -202,7 +202,7 @@ def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
     assert any(".layers.5." in n for n in tracked_names)
 
     # titanwarm's own tracker on the same weights, optimizer state and batch.
-    ref = CurvatureTracker(model, optimizers.optimizers[0], method="power", max_hvps=4,
+    ref = CurvatureTracker(model, optimizers.optimizers[0], method=adapter.tracker.method, max_hvps=4,
                            hvp="autograd", seed=7)
     def ref_loss(parts, b):
         x, y = b

@@ -49,14 +49,19 @@ class SolveResult:
 def power_iteration(op: Operator, u0: V.Vector, max_hvps: int, tol: float,
                     shift: float = 0.0) -> SolveResult:
     """Shifted power iteration from ``u0``; stops after ``max_hvps`` HVPs or when the residual is
-    below ``tol``. The returned vector is one further (free) iteration ``normalise(A u + σ u)``."""
+    below ``tol``. Reports the largest Rayleigh quotient among the iterates (each is a lower bound
+    on λmax, so the largest is the tightest; while a negative eigenvalue dominates, the latest one
+    can be far below it). The returned vector is one further (free) iteration
+    ``normalise(A u + σ u)`` of the last iterate."""
     if max_hvps < 1:
         raise ValueError("max_hvps must be >= 1")
     u = V.normalize(u0)
+    best = (-float("inf"), float("inf"))  # (largest Rayleigh quotient seen, its residual)
     for i in range(1, max_hvps + 1):
         w = op(u)
         lam = float(V.dot(u, w))
         residual = V.norm(V.add(w, u, -lam)) / max(abs(lam), _TINY)
+        best = max(best, (lam, residual), key=lambda b: b[0])
         if lam + shift < 0:
             shift = -lam
         if residual < tol or i == max_hvps:
@@ -65,7 +70,7 @@ def power_iteration(op: Operator, u0: V.Vector, max_hvps: int, tol: float,
                 nxt = V.normalize(nxt)
             except ValueError:
                 nxt = u
-            return SolveResult(lam, nxt, residual, i, shift)
+            return SolveResult(best[0], nxt, best[1], i, shift)
         u = V.normalize(V.add(w, u, shift))
     raise AssertionError("unreachable")
 
