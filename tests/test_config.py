@@ -67,7 +67,7 @@ def test_errors_name_file_and_key(tmp_path, toml, argv, key, words):
 def test_world_size_combinations(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     path = write(tmp_path, "[parallelism]\ntensor_parallel_degree = 2\n")
-    with pytest.raises(ConfigError, match="cannot fill 3 processes"):
+    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
         load_config(["--config", path])
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match="must be a multiple of local_batch_size"):

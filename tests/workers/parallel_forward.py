@@ -101,7 +101,13 @@ def main(out: str, names: list[str]) -> None:
     world_size = init_distributed("cpu")
     assert all_reduce_max(float(dist.get_rank())) == world_size - 1
     assert all_reduce_mean(torch.tensor(float(dist.get_rank()))).item() == (world_size - 1) / 2
-    results = {name: run_case(CASES[name], world_size) for name in names}
+    run_cases(run_case, CASES, names, world_size, out)
+
+
+def run_cases(run_case, cases: dict, names: list[str], world_size: int, out: str) -> None:
+    """Worker body shared with the stabiliser parity worker: run each named case on this
+    already-initialised process group, save the results from rank 0, tear the group down."""
+    results = {name: run_case(cases[name], world_size) for name in names}
     if dist.get_rank() == 0:
         torch.save(results, out)
     dist.destroy_process_group()

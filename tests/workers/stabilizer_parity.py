@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for workers.*
-from workers.parallel_forward import config, full  # noqa: E402
+from workers.parallel_forward import config, full, run_cases  # noqa: E402
 
 from titanwarm.config.sections import Optimizer as OptimizerConfig
 from titanwarm.distributed.init import init_distributed
@@ -85,11 +84,7 @@ def run_case(case: dict, world_size: int) -> dict:
 
 def main(out: str, names: list[str]) -> None:
     torch.set_num_threads(1)
-    world_size = init_distributed("cpu")
-    results = {name: run_case(CASES[name], world_size) for name in names}
-    if dist.get_rank() == 0:
-        torch.save(results, out)
-    dist.destroy_process_group()
+    run_cases(run_case, CASES, names, init_distributed("cpu"), out)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from titanwarm.distributed.param_init import WRAPPER_PARTS
+
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.RMSNorm, nn.LayerNorm)
-WRAPPER_ATTRS = ("_checkpoint_wrapped_module", "_orig_mod")
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The block inside activation-checkpoint / compile wrappers (attributes must be set there)."""
     while True:
-        inner = next((getattr(module, a) for a in WRAPPER_ATTRS
+        inner = next((getattr(module, a) for a in WRAPPER_PARTS
                       if isinstance(getattr(module, a, None), nn.Module)), None)
         if inner is None:
             return module

@@ -19,11 +19,10 @@ optimizer state is loaded.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from torch import nn
-
-import math
 
 from titanwarm.archwarm.config import DepthSchedule
 from titanwarm.archwarm.curvature_policy import CurvaturePolicy, policy_for
@@ -41,14 +40,12 @@ class ArchitectureWarmup:
     """The depth schedule of one run: lock mask, unlock timeline and per-block ramps."""
 
     def __init__(self, cfg: DepthSchedule, model: nn.Module, warmup_steps: int, seed: int,
-                 sample_init: Sampler, total_steps: int | None = None) -> None:
+                 sample_init: Sampler, total_steps: int) -> None:
         self.cfg, self.seed, self.sample_init = cfg, seed, sample_init
         self.plan = resolve_schedule(cfg, len(model.layers), warmup_steps)
         self.policy: CurvaturePolicy | None = None
         """mode = "curvature": decides when the plan's groups unlock (their fixed steps are unused)."""
         if cfg.mode == "curvature":
-            if total_steps is None:
-                raise ValueError('mode = "curvature" needs total_steps (for all_unlocked_by)')
             self.policy = policy_for(cfg, self.plan, total_steps)
         self.locks = BlockLocks([(f"layers.{k}", m) for k, m in model.layers.items()], cfg.skip_locked)
         for index in range(len(self.locks.blocks)):

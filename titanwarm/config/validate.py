@@ -13,6 +13,7 @@ from typing import Callable
 
 from titanwarm import registry
 from titanwarm.config.sections import JobConfig
+from titanwarm.distributed.parallel_dims import ParallelDims
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -100,19 +101,10 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
         found.append(("training.dataset_path", f"dataset {t.dataset!r} needs at least one path"))
 
     p = cfg.parallelism
-    fixed = p.data_parallel_replicate_degree * p.tensor_parallel_degree
-    shard = p.data_parallel_shard_degree
-    if shard == -1:
-        if world_size % fixed:
-            found.append(("parallelism.data_parallel_shard_degree",
-                          f"-1 cannot fill {world_size} processes with replicate x tensor = {fixed}"))
-            return found
-        shard = world_size // fixed
-    if shard * fixed != world_size:
-        found.append(("parallelism.data_parallel_shard_degree",
-                      f"replicate {p.data_parallel_replicate_degree} x shard {shard} x tensor "
-                      f"{p.tensor_parallel_degree} = {shard * fixed}, but {world_size} processes run"))
-        return found
+    try:
+        dims = ParallelDims.from_config(p, world_size)
+    except ValueError as e:
+        return found + [("parallelism.data_parallel_shard_degree", str(e))]
     tp = p.tensor_parallel_degree
     n_kv = args.n_kv_heads or args.n_heads
     if args.n_heads % tp or n_kv % tp:
@@ -124,8 +116,7 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
     if tp > 1 and t.seq_len % tp:
         found.append(("training.seq_len", f"{t.seq_len} must be a multiple of tensor_parallel_degree "
                                           f"{tp} (sequence parallelism splits it)"))
-    dp = shard * p.data_parallel_replicate_degree
-    per_step = t.local_batch_size * dp
+    per_step = t.local_batch_size * dims.dp_world
     if t.global_batch_size != -1 and t.global_batch_size % per_step:
         found.append(("training.global_batch_size",
                       f"{t.global_batch_size} must be a multiple of local_batch_size x data-parallel "

@@ -24,12 +24,13 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from titanwarm.models.weight_init import param_generator
 
-_WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
+WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module")
+"""Attribute names that activation-checkpoint, compile and FSDP1 wrappers put around a module."""
 
 
 def canonical_name(name: str) -> str:
     """A parameter name without the parts that activation-checkpoint and compile wrappers add."""
-    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
 
 
 @torch.no_grad()

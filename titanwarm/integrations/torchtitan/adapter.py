@@ -56,18 +56,13 @@ from titanwarm.archwarm.unlock_init import OUTPUT_PROJECTIONS, init_unlocked
 from titanwarm.curvature.config import Curvature
 from titanwarm.curvature.tracker import CurvatureEstimate, CurvatureTracker
 from titanwarm.curvature.vectors import vector_dtype
+from titanwarm.distributed.param_init import canonical_name
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 """torchtitan's ``components.loss.IGNORE_INDEX`` (labels that do not count)."""
-WRAPPER_PARTS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module"})
 SUPPORTED_INITS = ("noise", "zero_out")
-
-
-def clean_name(name: str) -> str:
-    """A parameter name without activation-checkpoint / compile / FSDP1 wrapper parts."""
-    return ".".join(p for p in name.split(".") if p not in WRAPPER_PARTS)
 
 
 # ---------------------------------------------------------------------------------- skipping
@@ -443,9 +438,9 @@ class TrackerState(Stateful):
         present = {}
         for slot in self._slots():
             src = sd["precond"] if slot == "precond" else sd["vectors"].get(slot, {})
-            present[slot] = [clean_name(n) for n in src]
+            present[slot] = [canonical_name(n) for n in src]
             dtype = (lambda p: p.dtype) if slot == "precond" else (lambda p: vector_dtype(p.dtype))
-            out[slot] = {clean_name(n): src[n] if n in src else torch.zeros_like(p, dtype=dtype(p)).detach()
+            out[slot] = {canonical_name(n): src[n] if n in src else torch.zeros_like(p, dtype=dtype(p)).detach()
                          for n, p in params.items()}
         out["meta"] = json.dumps({"present": present, "shift": sd["shift"], "hvp": sd["hvp"],
                                   "calls": sd["calls"]})
@@ -453,7 +448,7 @@ class TrackerState(Stateful):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         meta = json.loads(state_dict["meta"])
-        names = {clean_name(n): n for n, _ in self.tracker.module.named_parameters()}
+        names = {canonical_name(n): n for n, _ in self.tracker.module.named_parameters()}
         take = {slot: {names[c]: state_dict[slot][c] for c in meta["present"].get(slot, [])}
                 for slot in self._slots()}
         self.tracker.load_state_dict({
