@@ -182,3 +182,20 @@ def test_unlock_under_checkpointing_and_compile_matches_plain(tmp_path, extra):
         # All blocks share one forward: one graph without a gate, one with it once a ramping block
         # is unlocked; the gate's value changing every step must not recompile.
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+def test_shortened_run_trains_with_a_warning_naming_the_locked_blocks(tmp_path, capsys):
+    # depth4, 2 blocks active, group_size 1 from step 3 every 4 steps: blocks 2 (step 3) and 3 (step 7);
+    # a 5-step run never reaches step 7, a 3-step one unlocks block 2 only after its last step.
+    t = make_trainer(tmp_path, "--depth_schedule.group_size", "1", "--depth_schedule.interval", "4",
+                     "--training.steps", "5")
+    assert "block(s) [3] unlock only at or after step 5" in capsys.readouterr().err
+    t.train()
+    assert t.warmup.locks.n_active == 3
+    assert t.warmup.end_warning(3) is not None and "[2, 3]" in t.warmup.end_warning(3)
+    assert t.warmup.end_warning(8) is None
+
+
+def test_debug_archwarm_config_loads_shortened():
+    cfg, _ = load_config(["--config", "train_configs/debug_archwarm.toml", "--training.steps", "10"])
+    assert cfg.training.steps == 10

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.launch import REPO, torchrun
 from titanwarm.archwarm.curvature_policy import REASONS, CurvaturePolicy, deadline_step
@@ -141,7 +142,6 @@ CURV = ["--curvature.enabled", "true"]
     (CURV + ["--depth_schedule.patience", "0"], "depth_schedule.patience", ">= 1"),
     (CURV + ["--depth_schedule.target_ratio", "0"], "depth_schedule.target_ratio", "> 0"),
     (CURV + ["--depth_schedule.all_unlocked_by", "1.5"], "depth_schedule.all_unlocked_by", "(0, 1)"),
-    (CURV + ["--depth_schedule.all_unlocked_by", "100"], "depth_schedule.all_unlocked_by", "before the run ends"),
     (CURV + ["--depth_schedule.all_unlocked_by", "0.25"], "depth_schedule.all_unlocked_by", "fewer than min_interval"),
     (CURV + ["--depth_schedule.all_unlocked_by", "5"], "depth_schedule.all_unlocked_by", "fewer than min_interval"),
 ])
@@ -171,6 +171,19 @@ def test_good_config_and_print_schedule():
     assert [(r[0], r[2], r[3]) for r in rows] == [("1", "15", "40"), ("2", "30", "70")]
     cfg, _ = load_config(BASE + CURV + ["--depth_schedule.all_unlocked_by", "60"])
     assert cfg.depth_schedule.all_unlocked_by == 60
+
+
+def test_deadline_past_the_end_is_a_shortened_run_with_a_warning():
+    from titanwarm.archwarm.warmup import ArchitectureWarmup
+    from titanwarm.models.llama3 import FLAVORS, Transformer
+
+    cfg, _ = load_config(BASE + CURV + ["--depth_schedule.all_unlocked_by", "100"])
+    with torch.device("meta"):
+        model = Transformer(FLAVORS["depth4"])
+    warmup = ArchitectureWarmup(cfg.depth_schedule, model, 10, 0, None, 100)
+    # 2 groups paced at steps 55 and 100: the second may stay locked in a 100-step run
+    assert "block(s) [3] stay locked for this run unless the curvature" in warmup.end_warning(100)
+    assert warmup.end_warning(101) is None
 
 
 # ------------------------------------------------------------------------------- real runs

@@ -61,3 +61,9 @@ def test_warmup_end_without_warmup_is_an_error():
 def test_disabled_means_everything_active():
     p = resolve_schedule(DepthSchedule(enabled=False), 4, 10)
     assert p.initial == (0, 1, 2, 3) and p.events == ()
+
+
+def test_untrained_blocks_of_a_shortened_run():
+    p = plan(unlocks=[{"step": 5, "layers": [6, 7]}, {"step": 9, "layers": [3]}])
+    assert p.untrained_blocks(100) == [] and p.untrained_blocks(9) == [3]
+    assert p.untrained_blocks(5) == [3, 6, 7]

@@ -45,6 +45,11 @@ class UnlockPlan:
                 active.update(event.layers)
         return active
 
+    def untrained_blocks(self, total_steps: int) -> list[int]:
+        """Blocks whose unlock event comes at or after ``total_steps``: they never train in a run
+        that long (a shortened smoke run of a warm-up config)."""
+        return sorted(i for e in self.events if e.step >= total_steps for i in e.layers)
+
     def describe(self, lr_at=None) -> str:
         """A readable timeline: step, blocks unlocked, resulting depth (and LR when given)."""
         lines = [f"{'after step':>10}  {'depth':>7}  {'lr':>9}  blocks"]

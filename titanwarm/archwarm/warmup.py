@@ -20,6 +20,7 @@ optimizer state is loaded.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -56,8 +57,25 @@ class ArchitectureWarmup:
         self.groups: dict[int, list[dict]] = {}
         """block index -> its optimizer param groups."""
 
+    def end_warning(self, total_steps: int) -> str | None:
+        """A warning naming the blocks that stay locked through a run of ``total_steps`` (None if
+        every block trains): shortened runs of a warm-up config train, with fewer blocks."""
+        if self.policy is None:
+            blocks = self.plan.untrained_blocks(total_steps)
+            return (f"depth schedule: block(s) {blocks} unlock only at or after step {total_steps}, the "
+                    f"run's last step: they stay locked (identity) for this whole run" if blocks else None)
+        late = [i for k, e in enumerate(self.plan.events) if self.policy.latest[k] >= total_steps
+                for i in e.layers]
+        return (f"depth schedule: all_unlocked_by resolves to step {self.policy.deadline} >= "
+                f"training.steps {total_steps}: block(s) {sorted(late)} stay locked for this run "
+                f"unless the curvature unlocks them earlier" if late else None)
+
     def attach(self, trainer: Trainer) -> None:
-        """Run on ``trainer``'s steps and save with its checkpoints."""
+        """Run on ``trainer``'s steps and save with its checkpoints; warn (rank 0) about blocks that
+        will stay locked (``end_warning``)."""
+        warning = self.end_warning(trainer.cfg.training.steps)
+        if warning and trainer.rank == 0:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         self.trainer = trainer
         trainer.add_hook("after_optimizer_step", self.after_optimizer_step)
         trainer.register_state("depth_schedule", self)
