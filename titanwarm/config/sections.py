@@ -145,6 +145,10 @@ class Metrics:
     """Write TensorBoard event files under <dump_folder>/tb."""
     console: bool = True
     """Print a metrics line per logged step on rank 0."""
+    report: bool = True
+    """At the end of the run, write <dump_folder>/summary.json and report.png (loss, LR, depth,
+    curvature, skips, tokens/s; needs matplotlib, else only the summary) and print the summary on
+    rank 0. The same on demand: python -m titanwarm.report DUMP_FOLDER [...]."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Write metrics on rank 0: a console line per logged step, ``metrics.jsonl``, TensorBoard.
 
 ``metrics.jsonl`` holds one JSON object per line. Step records have ``"kind": "step"`` and the keys
-listed in README's "Metrics" section (``step``, ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``,
+listed in README's "Metrics" section (``step``, ``time`` (Unix seconds), ``loss``, ``lr``, ``grad_norm``, ``tokens_per_sec``,
 ``memory_gib`` ..., plus ``val_loss``/``val_ppl`` on evaluation steps). Event records (``"kind"`` is
 the event's name, e.g. ``"unlock"``) carry the step and the event's fields. TensorBoard receives every
 numeric field of step records under ``train/<key>`` (``val/<key>`` for validation keys).
@@ -13,6 +13,7 @@ import json
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class MetricsLogger:
         line's leading ``step N`` (the trainer shows progress and depth there)."""
         if not self.enabled:
             return
-        record = {"kind": "step", "step": step, **values}
+        record = {"kind": "step", "step": step, "time": round(time.time(), 3), **values}
         self.jsonl.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for key, value in values.items():
@@ -77,15 +78,16 @@ class MetricsLogger:
             head = prefix or f"step {step}"
             print(f"{head} {shown}", file=sys.stdout, flush=True)
 
-    def log_event(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        """Record an event (e.g. an unlock) in jsonl, on the console and as TensorBoard text."""
+    def log_event(self, kind: str, step: int, values: dict[str, Any], console: bool = True) -> None:
+        """Record an event (e.g. an unlock) in jsonl, on the console (unless ``console`` is False)
+        and as TensorBoard text."""
         if not self.enabled:
             return
-        record = {"kind": kind, "step": step, **values}
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self.jsonl.write(json.dumps(record) + "\n")
         if self.tb is not None:
             self.tb.add_text(f"events/{kind}", json.dumps(values), step)
-        if self.console:
+        if self.console and console:
             print(f"step {step:>6} [{kind}] " + " ".join(f"{k}={v}" for k, v in values.items()), flush=True)
 
     def close(self) -> None:

@@ -32,6 +32,7 @@ from titanwarm.metrics import MetricsLogger, memory_stats
 from titanwarm.models.weight_init import init_sampler
 from titanwarm.optim import LRSchedule, build_optimizer, state_bytes
 from titanwarm.registry import MODELS
+from titanwarm.report.at_end import write_run_report
 from titanwarm.stabilizers import install_stabilizers, stabilized_loss
 from titanwarm.tokenizers import load_tokenizer
 from titanwarm.trainer.curvature_hook import CurvatureHook
@@ -208,6 +209,9 @@ class Trainer:
         tokens_per_step = self.global_batch * cfg.training.seq_len
         window_start, window_steps = time.perf_counter(), 0
         self.checkpoint.maybe_load()
+        self.metrics.log_event("start", self.step, {"total_steps": steps, "tokens_per_step": tokens_per_step,
+                                                    "world_size": self.world_size, "n_params": self.n_params},
+                               console=False)
         self.fault.install_signal_handlers()
         while self.step < steps:
             self.step += 1
@@ -244,6 +248,8 @@ class Trainer:
         self.fault.restore_signal_handlers()
         self.checkpoint.finish()
         self.metrics.close()
+        if self.rank == 0 and cfg.metrics.report:
+            write_run_report(cfg.job.dump_folder)
 
     def progress(self, values: dict) -> str:
         """Console prefix: step out of total, percentage, and depth under architecture warm-up."""
