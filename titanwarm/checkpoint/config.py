@@ -44,9 +44,10 @@ class Checkpoint:
     """"disabled" (the save blocks the training loop) or "async" (the state is copied to CPU
     memory, then written by a background thread while training continues)."""
     initial_load_path: str = ""
-    """Warm start: a checkpoint step folder (or a model-only export) whose model weights start a
-    fresh run (optimizer, data position and step start from scratch). Ignored when the run resumes
-    from its own checkpoint folder."""
+    """Warm start: a checkpoint step folder, a model-only export, or a Hugging Face Llama folder
+    (config.json + safetensors: python -m titanwarm.export_hf output, or a published Llama 3.x; its
+    config must match the flavor) whose model weights start a fresh run (optimizer, data position
+    and step start from scratch). Ignored when the run resumes from its own checkpoint folder."""
     model_only_export: bool = False
     """At the end of training, also write the model weights alone to <folder>/model_only (DCP
     format, loadable with initial_load_path or format_utils.dcp_to_torch_save)."""
@@ -66,6 +67,8 @@ class Checkpoint:
             found.append(("load_step", f"{self.load_step!r} is out of range; allowed: -1 or a step >= 0"))
         if self.initial_load_path and not Path(self.initial_load_path).is_dir():
             found.append(("initial_load_path", f"not a checkpoint folder: {self.initial_load_path}"))
+        elif self.initial_load_path:
+            found += self._hf_problems(cfg)
         why = _writable(cfg.job.dump_folder)
         if why is not None:
             found.append(("folder", f"job.dump_folder {cfg.job.dump_folder!r} is not writable: {why}"))
@@ -74,6 +77,17 @@ class Checkpoint:
             if why is not None:
                 found.append(("folder", f"{self.folder!r} under job.dump_folder is not writable: {why}"))
         return found
+
+    def _hf_problems(self, cfg) -> list[tuple[str, str]]:
+        """An HF folder as initial_load_path: its config.json against the flavor."""
+        from titanwarm.hf.warm_start import config_problem, is_hf_folder
+        from titanwarm.registry import MODELS
+
+        if not is_hf_folder(self.initial_load_path) or cfg.model.name != "llama3":
+            return []
+        why = config_problem(self.initial_load_path, MODELS.get("llama3").flavors[cfg.model.flavor],
+                             cfg.model.flavor)
+        return [("initial_load_path", why)] if why else []
 
 
 @dataclass

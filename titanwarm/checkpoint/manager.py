@@ -472,7 +472,10 @@ class CheckpointManager:
                 raise CheckpointError(f"no readable checkpoint in {self.folder} (tried "
                                       f"{', '.join(p.name for _, p in complete)})")
         if self.cfg.initial_load_path:
-            self._warm_start(Path(self.cfg.initial_load_path))
+            from titanwarm.hf.warm_start import hf_warm_start, is_hf_folder
+
+            path = Path(self.cfg.initial_load_path)
+            hf_warm_start(self.trainer, path) if is_hf_folder(path) else self._warm_start(path)
         return 0
 
     def _read_meta(self, path: Path) -> tuple[dict, Any]:
