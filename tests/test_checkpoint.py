@@ -47,7 +47,7 @@ def base_args(dump: Path, steps: int = STEPS, world: int = 1) -> list[str]:
             "--training.global_batch_size", "4",
             "--lr_scheduler.warmup_steps", "3", "--optimizer.lr", "3e-3",
             "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false",
-            "--validation.enable", "false", "--job.dump_folder", str(dump),
+            "--metrics.report", "false", "--validation.enable", "false", "--job.dump_folder", str(dump),
             "--checkpoint.enable", "true", "--checkpoint.interval", str(INTERVAL),
             "--checkpoint.model_only_export", "true", *EXTRA]
 

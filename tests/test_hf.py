@@ -146,11 +146,11 @@ def test_export_then_import_is_bit_exact(tmp_path, flavor):
     assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
 
 
-def test_sharded_export_writes_the_standard_index(tmp_path):
+def test_sharded_export_writes_the_standard_index_and_tokenizer_files(tmp_path):
     t = trainer(tmp_path / "run", "tinymodel")
     t.checkpoint.export_model()
     files = export_checkpoint(t.checkpoint.folder / "model_only", tmp_path / "hf", max_shard_size="200KB",
-                              dtype="bfloat16")
+                              dtype="bfloat16", tokenizer=t.cfg.model.tokenizer_path)
     index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
     shards = sorted(f.name for f in files if f.name.startswith("model-"))
     assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
@@ -159,6 +159,14 @@ def test_sharded_export_writes_the_standard_index(tmp_path):
     assert set(tensors) == set(index["weight_map"]) and all(v.dtype == torch.bfloat16 for v in tensors.values())
     assert index["metadata"]["total_size"] == sum(v.numel() * 2 for v in tensors.values())
     assert plan_shards({"a": 5, "b": 5, "c": 20, "d": 1}, 10) == [["a", "b"], ["c"], ["d"]]
+    # tokenizer files: AutoTokenizer encodes as the run's tokenizer does (with <|begin_of_text|>)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (t.tokenizer.bos_id, t.tokenizer.eos_id)
+    assert config["max_position_embeddings"] == FLAVORS["tinymodel"].max_seq_len
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = "In the beginning God created the heaven and the earth.\n\n  Thou art 123456 ünïcode\t!"
+    assert hf_tok(text)["input_ids"] == t.tokenizer.encode(text, bos=True)
+    assert (tmp_path / "hf" / "original" / "tokenizer.model").is_file()
 
 
 def test_mismatched_hf_folder_is_one_clear_config_error(tmp_path):

@@ -19,6 +19,7 @@ STEPS = 6
 BASE = ["--model.flavor", "depth4", "--training.steps", str(STEPS), "--training.seq_len", "32",
         "--training.global_batch_size", str(GLOBAL_BATCH), "--lr_scheduler.warmup_steps", "2",
         "--optimizer.lr", "3e-3", "--metrics.log_freq", "1", "--metrics.enable_tensorboard", "false",
+        "--metrics.report", "false",
         "--validation.enable", "false", "--training.device", "cpu"]
 ARCHWARM = ["--depth_schedule.enabled", "true", "--depth_schedule.initial_layers", "2",
             "--depth_schedule.start", "2", "--depth_schedule.interval", "2",

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from titanwarm.hf.convert import (CONFIG, INDEX, WEIGHTS, HFError, hf_config, hf_name, to_hf_tensor,
                                   unsupported)
-from titanwarm.models.llama3.args import ModelArgs, RopeScaling
+from titanwarm.models.llama3.args import FLAVORS, ModelArgs, RopeScaling
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SHARD = "5GB"
@@ -56,6 +56,9 @@ def checkpoint_args(checkpoint: Path) -> ModelArgs:
     fields = {f.name for f in dataclasses.fields(ModelArgs)}
     args = {k: v for k, v in record["args"].items() if k in fields}
     args["rope_scaling"] = RopeScaling(**args.get("rope_scaling", {}))
+    flavor = FLAVORS.get(record.get("flavor"))
+    if flavor is not None:  # the run's RoPE table covered training.seq_len; the flavor says more
+        args["max_seq_len"] = max(args.get("max_seq_len", 0), flavor.max_seq_len)
     return ModelArgs(**args)
 
 
