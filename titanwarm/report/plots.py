@@ -92,37 +92,39 @@ def _depth(ax, runs, colors) -> None:
         _empty(ax, "active_layers")
 
 
-def _lambda(ax, runs, colors) -> None:
-    drawn = False
-    for run, c in zip(runs, colors):
-        for key, style in (("lambda_max", "-"), ("lambda_max_h", ":")):
-            x, y = run.series(key)
-            if x and all(v > 0 for v in y):
-                ax.plot(x, y, color=c, ls=style, marker=".", ms=4,
-                        label=f"{run.label} {'λmax(G)' if key == 'lambda_max' else 'λmax(H)'}")
-                drawn = True
-    ax.set_title("λmax (solid: preconditioned G, dotted: H)")
+def _positive(ax, run: RunRecords, key: str, color: str, **style) -> bool:
+    """Plot the positive readings of ``key`` (a log axis cannot show the rest); True if any."""
+    points = [(x, y) for x, y in zip(*run.series(key)) if y > 0]
+    if points:
+        ax.plot(*zip(*points), color=color, marker=".", ms=4, **style)
+    return bool(points)
+
+
+def _log_panel(ax, drawn: bool, title: str, key: str) -> None:
+    ax.set_title(title)
     if drawn:
         ax.set_yscale("log")
     else:
-        _empty(ax, "lambda_max")
+        _empty(ax, key)
+
+
+def _lambda(ax, runs, colors) -> None:
+    drawn = False
+    for run, c in zip(runs, colors):
+        drawn |= _positive(ax, run, "lambda_max", c, label=f"{run.label} λmax(G)")
+        drawn |= _positive(ax, run, "lambda_max_h", c, ls=":", label=f"{run.label} λmax(H)")
+    _log_panel(ax, drawn, "λmax (solid: preconditioned G, dotted: H)", "lambda_max")
 
 
 def _stability(ax, runs, colors) -> None:
     drawn = False
     for run, c in zip(runs, colors):
-        x, y = run.series("lr_lambda")
-        if x and all(v > 0 for v in y):
-            ax.plot(x, y, color=c, marker=".", ms=4, label=f"{run.label} lr·λmax")
+        if _positive(ax, run, "lr_lambda", c, label=f"{run.label} lr·λmax"):
             for threshold in sorted(set(run.series("stability_threshold")[1])):
                 ax.axhline(threshold, color=c, ls="--", lw=1, label=f"{run.label} threshold {threshold:.3g}")
             _unlock_lines(ax, run, c)
             drawn = True
-    ax.set_title("lr·λmax vs stability threshold (dashed; unlocks dotted)")
-    if drawn:
-        ax.set_yscale("log")
-    else:
-        _empty(ax, "lr_lambda")
+    _log_panel(ax, drawn, "lr·λmax vs stability threshold (dashed; unlocks dotted)", "lr_lambda")
 
 
 def _skips(ax, runs, colors) -> None:
