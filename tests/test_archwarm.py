@@ -188,7 +188,7 @@ def test_shortened_run_trains_with_a_warning_naming_the_locked_blocks(tmp_path, 
     # depth4, 2 blocks active, group_size 1 from step 3 every 4 steps: blocks 2 (step 3) and 3 (step 7);
     # a 5-step run never reaches step 7, a 3-step one unlocks block 2 only after its last step.
     t = make_trainer(tmp_path, "--depth_schedule.group_size", "1", "--depth_schedule.interval", "4",
-                     "--training.steps", "5")
+                     "--training.steps", "5", "--metrics.report", "false")
     assert "block(s) [3] unlock only at or after step 5" in capsys.readouterr().err
     t.train()
     assert t.warmup.locks.n_active == 3
