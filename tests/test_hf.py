@@ -208,3 +208,30 @@ def test_two_process_layouts_import_and_export_the_same_tensors(tmp_path, layout
     export_checkpoint(tmp_path / "two" / "checkpoint" / "model_only", tmp_path / "hf_two")
     a, b = load_file(str(tmp_path / "hf_one" / "model.safetensors")), load_file(str(tmp_path / "hf_two" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# config.json of the published Llama 3.2 1B and Llama 3.1 8B (the keys that define the weights)
+PUBLISHED = {
+    "1B": {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "rms_norm_eps": 1e-05,
+           "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256,
+           "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+           "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                            "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+    "8B": {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+           "rope_theta": 500000.0, "tie_word_embeddings": False, "vocab_size": 128256,
+           "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+           "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                            "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+}
+
+
+@pytest.mark.parametrize("flavor_name", list(PUBLISHED))
+def test_flavors_fit_the_published_llama_configs(flavor_name):
+    args = FLAVORS[flavor_name]
+    assert not check_hf_config(PUBLISHED[flavor_name], args)
+    ours = hf_config(args, torch.bfloat16)  # and the export writes those very values
+    assert {k: ours[k] for k in PUBLISHED[flavor_name]} == PUBLISHED[flavor_name]
+    assert check_hf_config({**PUBLISHED[flavor_name], "num_key_value_heads": 4}, args) == [
+        "num_key_value_heads 4 vs n_kv_heads 8"]
