@@ -2,8 +2,8 @@
 configs built here, no downloads): export -> HF logits, HF model -> import -> our logits, export ->
 import bit-exact, and the same exported tensors from a 1-process and a 2-process FSDP2 / TP run.
 
-Tolerance of the logits comparisons: max |difference| <= 1e-4 on logits of magnitude ~1-5 (float32;
-the two models order their matmuls, RoPE and softmax differently). Leaving out the rope scaling
+Tolerance of the logits comparisons: max |difference| <= 1e-5 on logits up to ~10 (float32; the two
+models order their matmuls, RoPE and softmax differently; measured 2e-7 to 5e-7). Leaving out the rope scaling
 moves them by > 20x that (asserted, so the tolerance is known to be discriminating).
 """
 
@@ -26,7 +26,7 @@ from titanwarm.trainer import Trainer
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
-TOL = 1e-4
+TOL = 1e-5
 SEQ = 24
 # Shapes: GQA (4 query heads share 2 KV heads); Llama 3.2 rope scaling with a short original
 # context so that the scaling changes the angles at these positions; tied embeddings.
