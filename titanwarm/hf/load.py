@@ -35,7 +35,7 @@ def weight_files(folder: Path) -> dict[str, Path]:
         except (OSError, ValueError, KeyError) as e:
             raise HFError(f"{folder / INDEX}: unreadable: {e}") from e
         return {name: folder / file for name, file in weight_map.items()}
-    with safe_open(folder / WEIGHTS, framework="pt") as f:
+    with safe_open(str(folder / WEIGHTS), framework="pt") as f:
         return {name: folder / WEIGHTS for name in f.keys()}
 
 
@@ -58,7 +58,7 @@ def load_hf_weights(model_parts: list[nn.Module], args: ModelArgs, folder: str |
             raise HFError(f"{folder}: no tensor {source} (for {name})")
         wanted.setdefault(files[source], []).append((name, source))
     for file, pairs in wanted.items():
-        with safe_open(file, framework="pt") as f:
+        with safe_open(str(file), framework="pt") as f:
             for name, source in pairs:
                 param = params[name]
                 tensor = f.get_tensor(source)
