@@ -232,3 +232,16 @@ def test_same_unlocks_on_one_and_two_processes(tmp_path):
     got = [(s, replay.update(s, r.get("stability_ratio"))) for s, r in
            ((r["step"], r) for r in steps1)]
     assert [(s, [d.group + 2], d.reason) for s, d in got if d] == key
+
+
+def test_run_shorter_than_the_start_trains_at_its_initial_depth(tmp_path, capsys):
+    cfg, _ = load_config(["--config", "train_configs/debug_autodepth.toml", "--training.steps", "10",
+                          "--training.seq_len", "32", "--validation.enable", "false",
+                          "--metrics.enable_tensorboard", "false", "--metrics.console", "false",
+                          "--metrics.report", "false", "--job.dump_folder", str(tmp_path)])
+    assert "blocks [3, 4, 5] stay locked for this whole run" in schedule_table(cfg)
+    from titanwarm.trainer import Trainer
+
+    t = Trainer(cfg)
+    assert "block(s) [3, 4, 5] unlock only at or after step 10" in capsys.readouterr().err
+    assert t.warmup.policy is None and t.warmup.locks.n_active == 3

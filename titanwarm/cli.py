@@ -24,6 +24,10 @@ def schedule_table(cfg: JobConfig) -> str:
     plan = resolve_schedule(cfg.depth_schedule, n_layers, cfg.lr_scheduler.warmup_steps)
     lr = LRSchedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.training.steps)
     state = "enabled" if cfg.depth_schedule.enabled else "disabled: every block trains from step 1"
+    if cfg.depth_schedule.enabled and plan.events and plan.events[0].step >= cfg.training.steps:
+        return (f"depth schedule (enabled), {cfg.training.steps} steps: no unlock can come before step "
+                f"{plan.events[0].step}: blocks {list(plan.initial)} train, blocks "
+                f"{plan.untrained_blocks(cfg.training.steps)} stay locked for this whole run")
     if cfg.depth_schedule.enabled and cfg.depth_schedule.mode == "curvature":
         from titanwarm.archwarm.curvature_policy import describe, policy_for
 

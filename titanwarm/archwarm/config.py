@@ -148,6 +148,8 @@ class DepthSchedule:
         if not n_groups:
             return []
         start = plan.events[0].step
+        if start >= cfg.training.steps:
+            return []  # a shortened run: no group can unlock before it ends (a warning at start)
         deadline = deadline_step(self.all_unlocked_by, cfg.training.steps)
         if (deadline - start) // n_groups < self.min_interval:
             return [("all_unlocked_by",

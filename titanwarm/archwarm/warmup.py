@@ -46,7 +46,8 @@ class ArchitectureWarmup:
         self.plan = resolve_schedule(cfg, len(model.layers), warmup_steps)
         self.policy: CurvaturePolicy | None = None
         """mode = "curvature": decides when the plan's groups unlock (their fixed steps are unused)."""
-        if cfg.mode == "curvature":
+        if cfg.mode == "curvature" and (not self.plan.events or self.plan.events[0].step < total_steps):
+            # (a run that ends before the first possible unlock keeps the fixed plan: nothing unlocks)
             self.policy = policy_for(cfg, self.plan, total_steps)
         self.locks = BlockLocks([(f"layers.{k}", m) for k, m in model.layers.items()], cfg.skip_locked)
         for index in range(len(self.locks.blocks)):
