@@ -332,3 +332,31 @@ def test_two_ranks_read_disjoint_windows(tmp_path, tok):
     proc = torchrun(2, [str(WORKER), str(folder), TOKENIZER, str(WINDOW - 1)],
                     env={"TITANWARM_CACHE": str(tmp_path / "cache")})
     assert "disjoint windows: 64 of 64 covered" in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_tokens_run_resumes_bit_exact_after_sigkill_and_validates(tmp_path):
+    """The done-when path: a jsonl.zst + parquet pretokenised folder, 2 processes, shuffled windows,
+    killed after its step-4 checkpoint, resumed: every loss and val loss and the final weights equal the
+    uninterrupted run's."""
+    from tests.test_checkpoint import INTERVAL, KILL_AT, STEPS, base_args, complete, exported, losses, ok, \
+        records, run, run_and_kill
+
+    raw = raw_inputs(tmp_path / "raw")
+    folder = tmp_path / "tokens"
+    pretokenize(TOKENIZER, str(folder), [f"{raw[0]}/a.jsonl.zst", f"{raw[0]}/b.parquet"], val_fraction=0.2, workers=2)
+    extra = ["--training.dataset", "tokens", "--training.dataset_path", str(folder), "--training.shuffle", "true",
+             "--training.shuffle_seed", "3", "--validation.enable", "true", "--validation.freq", "3",
+             "--validation.steps", "2"]
+    straight, dump = tmp_path / "straight", tmp_path / "killed"
+    ok(run(2, base_args(straight, world=2) + extra))
+    out = run_and_kill(2, base_args(dump, world=2) + extra, until=f"[{KILL_AT}/{STEPS}")
+    assert complete(dump) == [f"step-{INTERVAL}"], out
+    proc = ok(run(2, base_args(dump, world=2) + extra))
+    assert f"resumed from step {INTERVAL}" in proc.stdout, proc.stdout
+    assert losses(dump) == losses(straight) and sorted(losses(dump)) == list(range(1, STEPS + 1))
+    val = {r["step"]: r["val_loss"] for r in records(straight) if "val_loss" in r}
+    assert sorted(val) == [1, 3, 6, 9, 10]
+    assert {r["step"]: r["val_loss"] for r in records(dump) if "val_loss" in r} == val
+    a, b = exported(straight, tmp_path), exported(dump, tmp_path)
+    assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
