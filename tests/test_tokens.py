@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +19,9 @@ from titanwarm.config.sections import JobConfig, Training
 from titanwarm.data import DataError, TokenWindowLoader, build_dataloader, corpus_documents, iter_documents
 from titanwarm.data.corpus import cache_dir
 from titanwarm.data.prefetch import Prefetcher
-from titanwarm.data.pretokenize import (
-    PartWriter,
-    held_out,
-    pretokenize,
-    tokenizer_record,
-    write_documents,
-    write_manifest,
-)
+from titanwarm.data.pretokenize import held_out, pretokenize
+from titanwarm.data.pretokenize import main as pretokenize_main
+from titanwarm.data.token_writer import PartWriter, tokenizer_record, write_documents, write_manifest
 from titanwarm.data.token_folder import open_tokens, read_manifest
 from titanwarm.data.window_loader import WindowLoader
 from titanwarm.tokenizers import load_tokenizer
@@ -279,13 +272,13 @@ def test_pretokenize_is_worker_invariant_resumable_and_round_trips(tmp_path, tok
         pretokenize(TOKENIZER, str(tmp_path / "w1"), inputs, val_fraction=0.2)
 
 
-def test_pretokenize_cli_bad_input_is_one_line_exit_2(tmp_path):
+def test_pretokenize_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no text field"}\n')
-    proc = subprocess.run([sys.executable, "-m", "titanwarm.data.pretokenize", "--tokenizer", TOKENIZER,
-                           "--output", str(tmp_path / "out"), "--workers", "1", str(tmp_path / "bad.jsonl")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    code = pretokenize_main(["--tokenizer", TOKENIZER, "--output", str(tmp_path / "out"), "--workers", "1",
+                             str(tmp_path / "bad.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
         f"pretokenize: {tmp_path / 'bad.jsonl'}:2: record has no string field 'text' (use --field)")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from titanwarm.config.sections import Training
 from titanwarm.data.corpus import cache_dir
-from titanwarm.data.pretokenize import tokenizer_record, write_documents, write_manifest
+from titanwarm.data.token_writer import tokenizer_record, write_documents, write_manifest
 from titanwarm.data.splits import iter_documents
 from titanwarm.data.window_loader import node_once
 from titanwarm.tokenizers import Tokenizer
