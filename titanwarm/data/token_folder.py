@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +74,14 @@ class Part:
     tokens: int
     offset: int = 0
 
-    def open(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.tokens,))
+    def open(self, random_access: bool = False) -> np.ndarray:
+        """The tokens, memory-mapped read-only; ``random_access`` turns off the kernel's read-ahead
+        (a shuffled window is a few KiB: read-ahead would fault in and keep ~32x more)."""
+        with self.path.open("rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if random_access and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_RANDOM)
+        return np.frombuffer(mm, dtype=self.dtype, count=self.tokens, offset=self.offset)
 
 
 class TokenStream:
@@ -91,11 +98,13 @@ class TokenStream:
         self.fingerprint = fingerprint
         self.name = name
         self.vocab_size = vocab_size
+        self.random_access = False
+        """Set by a shuffling reader: map the parts without read-ahead."""
         self._maps: dict[int, np.ndarray] = {}
 
     def _map(self, i: int) -> np.ndarray:
         if i not in self._maps:
-            self._maps[i] = self.parts[i].open()
+            self._maps[i] = self.parts[i].open(self.random_access)
         return self._maps[i]
 
     def read(self, start: int, n: int) -> np.ndarray:

@@ -129,6 +129,8 @@ class WindowLoader:
             if s.tokens == 0 or (shuffle and s.tokens < self.window):
                 raise DataError(f"{s.name}: {s.tokens} tokens, fewer than one window of {self.window}")
         self.streams, self.name = streams, name
+        for s in streams:
+            s.random_access = s.random_access or shuffle
         self.local_batch_size, self.dp_rank, self.dp_world = local_batch_size, dp_rank, dp_world
         self.shuffle = shuffle
         self.blend = Blend(weights) if len(streams) > 1 else None
