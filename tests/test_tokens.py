@@ -353,3 +353,18 @@ def test_tokens_run_resumes_bit_exact_after_sigkill_and_validates(tmp_path):
     assert {r["step"]: r["val_loss"] for r in records(dump) if "val_loss" in r} == val
     a, b = exported(straight, tmp_path), exported(dump, tmp_path)
     assert all(torch.equal(a[k], b[k]) for k in a) and a.keys() == b.keys()
+
+
+def test_mixture_keys_load_and_validate(tmp_path):
+    from titanwarm.config import ConfigError, load_config
+
+    toml = tmp_path / "mix.toml"
+    toml.write_text('[training]\ndataset = "tokens"\ndataset_path = ["a", "b"]\ndataset_weights = [3, 1.5]\n')
+    cfg, _ = load_config(["--config", str(toml)])
+    assert cfg.training.dataset_weights == [3.0, 1.5] and all(type(w) is float for w in cfg.training.dataset_weights)
+    cfg, _ = load_config(["--config", str(toml), "--training.dataset_weights", "1,2"])
+    assert cfg.training.dataset_weights == [1.0, 2.0]
+    with pytest.raises(ConfigError, match="need one positive weight per dataset_path entry"):
+        load_config(["--config", str(toml), "--training.dataset_weights", "1"])
+    with pytest.raises(ConfigError, match="dataset 'tokens' needs at least one path"):
+        load_config(["--training.dataset", "tokens"])
