@@ -104,7 +104,8 @@ for _ in range(n):
     next(loader)
 t3 = time.perf_counter()
 print(json.dumps({"open_s": t1 - t_import, "first_batch_s": t2 - t1, "batches_per_s": n / (t3 - t2),
-                  "anon_mib": rss("RssAnon") - base["RssAnon"], "file_mib": rss("RssFile") - base["RssFile"], "windows": loader.n_windows[0]}))
+                  "anon_mib": rss("RssAnon") - base["RssAnon"], "file_mib": rss("RssFile") - base["RssFile"],
+                  "windows": loader.n_windows[0]}))
 """
 
 

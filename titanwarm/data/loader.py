@@ -178,7 +178,8 @@ def build_dataloader(
                                     f"dataset_max_repeat = {t.dataset_max_repeat} (add data, lower its weight "
                                     "or train fewer steps)")
     else:
-        loader = TokenWindowLoader(shuffled_documents(t, split, t.shuffle and split == "train"), tokenizer, seq_len=t.seq_len,
+        documents = shuffled_documents(t, split, t.shuffle and split == "train")
+        loader = TokenWindowLoader(documents, tokenizer, seq_len=t.seq_len,
                                    local_batch_size=t.local_batch_size, dp_rank=dp_rank, dp_world=dp_world,
                                    name=name)
     if split == "train" and t.prefetch > 0:

@@ -91,7 +91,8 @@ def pretokenize(tokenizer_path: str, output: str, inputs: list[str], val_fractio
         old = json.loads((folder / SETTINGS).read_text())
         if old != settings:
             changed = ", ".join(k for k in settings if old.get(k) != settings[k])
-            raise DataError(f"{folder} holds a pretokenize run with other settings ({changed}); use a new --output folder")
+            raise DataError(f"{folder} holds a pretokenize run with other settings ({changed}); "
+                            "use a new --output folder")
     else:
         write_json(folder / SETTINGS, settings)
     names = [f"{i:05d}" for i in range(len(files))]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,8 +55,6 @@ def node_once(path: Path, build: Callable[[Path], None]) -> Path:
                 os.rename(tmp, path)
             except OSError:  # another process finished first (its copy is identical)
                 if tmp.is_dir():
-                    import shutil
-
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:
                     tmp.unlink(missing_ok=True)
