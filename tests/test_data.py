@@ -45,7 +45,7 @@ def reference_windows(tok, docs, seq_len, n_windows):
 
 
 def loader(tok, docs, seq_len=16, batch=4, rank=0, world=1):
-    return TokenWindowLoader(lambda: iter(docs), tok, seq_len, batch, rank, world)
+    return TokenWindowLoader(lambda epoch: iter(docs), tok, seq_len, batch, rank, world)
 
 
 def take(it, n):

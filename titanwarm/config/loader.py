@@ -75,14 +75,15 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
-        return {str: "a list of strings", int: "a list of integers"}.get(item, "a list of tables")
+        return {str: "a list of strings", int: "a list of integers", float: "a list of numbers"}.get(
+            item, "a list of tables")
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
 
 
 def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     """Check ``value`` against annotation ``tp``; command-line strings are parsed first.
 
-    Supports str, int, float, bool, list[str], list[int], list[dict] (TOML only) and unions of
+    Supports str, int, float, bool, list[str], list[int], list[float], list[dict] (TOML only) and unions of
     those (tried in order). Raises ValueError with a short reason when the value does not fit.
     """
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -98,8 +99,10 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
             if item is dict:
                 raise ValueError("a list of tables can only be set in the TOML file")
             value = [v.strip() for v in value.split(",") if v.strip()]
-            if item is int:
-                value = [coerce(v, int, True) for v in value]
+            if item in (int, float):
+                value = [coerce(v, item, True) for v in value]
+        if item is float and isinstance(value, list):  # TOML writes 1 for 1.0
+            value = [float(v) if type(v) is int else v for v in value]
         if not isinstance(value, list) or not all(
                 isinstance(v, item) and not (item is int and isinstance(v, bool)) for v in value):
             raise ValueError(f"expected {_type_name(tp)}, got {value!r}")

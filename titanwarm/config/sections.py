@@ -83,16 +83,38 @@ class Training:
     seq_len: int = 256
     """Tokens per sequence (the model sees seq_len inputs and predicts seq_len targets)."""
     dataset: str = "shakespeare_kjv"
-    """Registered dataset: "shakespeare_kjv" (built in), "python_stdlib" (no download), "text",
-    "jsonl" or "hf"."""
+    """Registered dataset: "tokens" (pre-tokenised folders, see docs/data.md), "shakespeare_kjv"
+    (built in), "python_stdlib" (no download), "text", "jsonl" or "hf". The two built-in corpora are
+    pre-tokenised into the cache on first use and read like "tokens"."""
     dataset_path: list[str] = field(default_factory=list)
-    """For "text"/"jsonl": files or glob patterns; for "hf": [name_or_path] or [name, subset]."""
+    """For "tokens": token folders (written by python -m titanwarm.data.pretokenize) or folders of
+    .npy/.bin token shards; several make a mixture. For "text"/"jsonl": files or glob patterns; for
+    "hf": [name_or_path] or [name, subset]."""
+    dataset_weights: list[float] = field(default_factory=list)
+    """For "tokens" mixtures: one weight per dataset_path entry (share of the windows drawn from it);
+    empty means proportional to each entry's token count."""
+    dataset_max_repeat: float = 0.0
+    """For "tokens": refuse to start when a run of training.steps would read any source more than this
+    many times over (0: no limit)."""
+    shuffle: bool = False
+    """Shuffle the training data with shuffle_seed: "tokens" and the built-in corpora draw their
+    seq_len + 1 token windows in a new seeded order every epoch; "text"/"jsonl"/"hf" shuffle the
+    document order every epoch (holding the split's documents in memory). Off: the stream in file
+    order, as before."""
+    shuffle_seed: int = 0
+    """Seed of the data order when shuffle is on (independent of job.seed, so the data order and the
+    initialisation can be varied separately)."""
+    prefetch: int = 2
+    """Training batches prepared ahead on a background thread (pinned on CUDA); 0 reads each batch on
+    the training thread."""
     dataset_field: str = "text"
     """For "jsonl" and "hf": the field holding the text."""
     dataset_unit: str = "document"
     """For "text": one document per "document" (file) or per "line"."""
     val_fraction: float = 0.02
-    """Fraction of documents held out for validation (every round(1/val_fraction)-th document)."""
+    """Fraction of documents held out for validation (every round(1/val_fraction)-th document). For
+    "tokens", the held-out split chosen at pretokenize time is used instead; foreign .npy/.bin shards
+    hold out the last val_fraction of their tokens."""
     max_norm: float = 1.0
     """Gradient-norm clipping threshold over all parameters (0 disables clipping)."""
     device: str = "auto"

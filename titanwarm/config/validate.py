@@ -36,6 +36,8 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "training.seq_len": (lambda v: v >= 2, "an integer >= 2"),
     "training.val_fraction": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "training.max_norm": (lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
+    "training.dataset_max_repeat": (lambda v: v >= 0, "a number >= 0 (0: no limit)"),
+    "training.prefetch": (lambda v: v >= 0, "an integer >= 0"),
     "optimizer.lr": (lambda v: v > 0, "a number > 0"),
     "optimizer.beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "optimizer.beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
@@ -97,8 +99,11 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
         found.append(("model.tokenizer_path", f"file not found: {cfg.model.tokenizer_path}"))
 
     t = cfg.training
-    if t.dataset in ("text", "jsonl", "hf") and not t.dataset_path:
+    if t.dataset in ("text", "jsonl", "hf", "tokens") and not t.dataset_path:
         found.append(("training.dataset_path", f"dataset {t.dataset!r} needs at least one path"))
+    if t.dataset_weights and (len(t.dataset_weights) != len(t.dataset_path) or min(t.dataset_weights) <= 0):
+        found.append(("training.dataset_weights", f"{t.dataset_weights}: need one positive weight per "
+                                                  f"dataset_path entry ({len(t.dataset_path)})"))
 
     p = cfg.parallelism
     try:

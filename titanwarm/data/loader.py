@@ -1,5 +1,7 @@
-"""``TokenWindowLoader``: documents -> BOS/EOS-delimited token stream -> windows of seq_len + 1 tokens
--> per-rank (inputs, labels) batches, resumable from a three-int position.
+"""``build_dataloader`` (the trainer's entry point) and ``TokenWindowLoader``, the streaming loader of
+the document sources ("text", "jsonl", "hf", custom ones): documents -> BOS/EOS-delimited token stream
+-> windows of seq_len + 1 tokens -> per-rank (inputs, labels) batches, resumable from a three-int
+position. "tokens" and the built-in corpora use the memory-mapped ``WindowLoader`` instead.
 
 Every rank reads and tokenizes the whole stream and keeps its own part of each global micro-batch
 (dp_world * local_batch_size consecutive windows; rank r takes windows [r*B, (r+1)*B)). Batches
@@ -13,11 +15,16 @@ import itertools
 from collections import deque
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
-from titanwarm.config.sections import JobConfig
+from titanwarm.config.sections import JobConfig, Training
 from titanwarm.data.errors import DataError
+from titanwarm.data.prefetch import Prefetcher
 from titanwarm.data.splits import check_split, iter_documents
+from titanwarm.data.token_cache import PRETOKENIZED_SOURCES, cached_token_folder
+from titanwarm.data.token_folder import open_tokens
+from titanwarm.data.window_loader import WindowLoader
 from titanwarm.tokenizers import Tokenizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -27,14 +34,15 @@ STATE_KEYS = ("epoch", "doc", "offset")
 class TokenWindowLoader:
     """Iterator of ``(inputs, labels)`` LongTensors of shape [local_batch_size, seq_len].
 
-    ``documents()`` must return a fresh iterator over the split's documents each call. The stream
+    ``documents(epoch)`` must return a fresh iterator over the split's documents of ``epoch`` each call
+    (the same order every epoch, or a seeded per-epoch shuffle). The stream
     restarts at the first document after the last, forever (tokens left over at the end of an epoch
     carry into the next), so training never runs dry and ``batches(n)`` always yields n batches.
     """
 
     def __init__(
         self,
-        documents: Callable[[], Iterator[str]],
+        documents: Callable[[int], Iterator[str]],
         tokenizer: Tokenizer,
         seq_len: int,
         local_batch_size: int,
@@ -58,7 +66,7 @@ class TokenWindowLoader:
 
     def _seek(self, epoch: int, doc: int, offset: int) -> None:
         """Position the stream at token ``offset`` of document ``doc`` of ``epoch``."""
-        self._docs = itertools.islice(self._documents(), doc, None)
+        self._docs = itertools.islice(self._documents(epoch), doc, None)
         self._next_doc = (epoch, doc)
         self._segments: deque[tuple[int, int, list[int]]] = deque()  # (epoch, doc, tokens) read
         self._head = offset  # tokens of the first segment (or of the next document) already consumed
@@ -70,7 +78,7 @@ class TokenWindowLoader:
         text = next(self._docs, None)
         if text is None:
             epoch, doc = epoch + 1, 0
-            self._docs = self._documents()
+            self._docs = self._documents(epoch)
             text = next(self._docs)
         tokens = self._tokenizer.encode(text, bos=True, eos=True)
         self._segments.append((epoch, doc, tokens))
@@ -128,18 +136,53 @@ class TokenWindowLoader:
         self._seek(**state)
 
 
+def shuffled_documents(cfg: Training, split: str, shuffle: bool) -> Callable[[int], Iterator[str]]:
+    """``documents(epoch)`` of a document source: file order, or with ``shuffle`` a seeded permutation
+    (``cfg.shuffle_seed``, epoch) of the split's documents (read once into memory)."""
+    if not shuffle:
+        return lambda epoch: iter_documents(cfg, split)
+    docs = list(iter_documents(cfg, split))
+
+    def documents(epoch: int) -> Iterator[str]:
+        order = np.random.Generator(np.random.PCG64([cfg.shuffle_seed, epoch])).permutation(len(docs))
+        return (docs[i] for i in order)
+
+    return documents
+
+
 def build_dataloader(
     cfg: JobConfig, tokenizer: Tokenizer, dp_rank: int, dp_world: int, split: str
-) -> TokenWindowLoader:
-    """The loader of ``split`` (iterate "train"; read "val" with ``batches(validation.steps)``)."""
+) -> TokenWindowLoader | WindowLoader | Prefetcher:
+    """The loader of ``split`` (iterate "train"; read "val" with ``batches(validation.steps)``).
+
+    "tokens" and the built-in corpora read memory-mapped token folders (``WindowLoader``), the other
+    sources stream and tokenise documents (``TokenWindowLoader``); "train" is read ``prefetch``
+    batches ahead on a background thread, pinned when training on CUDA.
+    """
     check_split(split)
     t = cfg.training
-    return TokenWindowLoader(
-        lambda: iter_documents(t, split),
-        tokenizer,
-        seq_len=t.seq_len,
-        local_batch_size=t.local_batch_size,
-        dp_rank=dp_rank,
-        dp_world=dp_world,
-        name=f"dataset {t.dataset!r} split {split!r}",
-    )
+    name = f"dataset {t.dataset!r} split {split!r}"
+    if t.dataset == "tokens" or t.dataset in PRETOKENIZED_SOURCES:
+        paths = ([str(cached_token_folder(t, tokenizer, cfg.model.tokenizer_path))]
+                 if t.dataset != "tokens" else t.dataset_path)
+        streams = [open_tokens(p, split, cfg.model.tokenizer_path, tokenizer.vocab_size, t.val_fraction)
+                   for p in paths]
+        loader = WindowLoader(streams, t.seq_len, t.local_batch_size, dp_rank, dp_world,
+                              shuffle=t.shuffle and split == "train", seed=t.shuffle_seed,
+                              weights=t.dataset_weights or None, name=name)
+        if split == "train" and t.dataset_max_repeat > 0:
+            global_batch = t.global_batch_size if t.global_batch_size != -1 else t.local_batch_size * dp_world
+            for path, reps in zip(paths, loader.repetition(t.steps * global_batch)):
+                if reps > t.dataset_max_repeat:
+                    raise DataError(f"{name}: {t.steps} steps read {path} {reps:.2f} times over, more than "
+                                    f"dataset_max_repeat = {t.dataset_max_repeat} (add data, lower its weight "
+                                    "or train fewer steps)")
+    else:
+        documents = shuffled_documents(t, split, t.shuffle and split == "train")
+        loader = TokenWindowLoader(documents, tokenizer, seq_len=t.seq_len,
+                                   local_batch_size=t.local_batch_size, dp_rank=dp_rank, dp_world=dp_world,
+                                   name=name)
+    if split == "train" and t.prefetch > 0:
+        pin = t.device != "cpu" and torch.cuda.is_available()
+        return Prefetcher(loader, t.prefetch, pin_memory=pin)
+    return loader

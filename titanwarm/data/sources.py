@@ -1,5 +1,6 @@
 """The built-in document sources, registered in ``DATASETS`` as ``fn(cfg, split) -> Iterator[str]``:
-"shakespeare_kjv", "python_stdlib", "text", "jsonl" and "hf" (optional ``datasets`` package)."""
+"shakespeare_kjv", "python_stdlib", "text", "jsonl", "hf" (optional ``datasets`` package) and
+"tokens" (the documents of token folders, decoded; training reads their tokens directly)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import sysconfig
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from titanwarm.config.sections import Training
 from titanwarm.data.corpus import corpus_documents
@@ -120,3 +123,23 @@ def hf(cfg: Training, split: str) -> Iterator[str]:
     docs = (_text_field(row, cfg.dataset_field, f"hf dataset {cfg.dataset_path[0]!r}") for row in stream)
     return select_split(docs, cfg.val_fraction, split)
 
+
+
+@DATASETS.register("tokens")
+def tokens(cfg: Training, split: str) -> Iterator[str]:
+    """The documents of the token folders in ``dataset_path``, decoded with the tokenizer file their
+    manifest names (BOS/EOS stripped). Training does not use this: it reads the tokens directly."""
+    from titanwarm.data.token_folder import document_offsets, read_manifest
+    from titanwarm.tokenizers import load_tokenizer
+
+    for path in cfg.dataset_path:
+        folder = Path(path)
+        manifest = read_manifest(folder)
+        tok = load_tokenizer(manifest["tokenizer"]["path"])
+        dtype = np.dtype(manifest["dtype"])
+        for record in manifest["files"]:
+            ids = np.memmap(folder / f"{record['name']}.{split}.tok", dtype=dtype, mode="r") \
+                if record[f"{split}_tokens"] else np.empty(0, dtype)
+            starts = document_offsets(folder, record["name"], split)
+            for a, b in zip(starts[:-1], starts[1:]):
+                yield tok.decode(ids[a + 1 : b - 1].tolist())

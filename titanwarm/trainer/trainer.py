@@ -146,7 +146,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.grad_accum):
             inputs, labels = next(self.train_iter)
-            inputs, labels = inputs.to(self.device), labels.to(self.device)
+            inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             self.batch = (inputs, labels)
             with loss_context(self.parallel_dims):
                 loss = self.forward_loss(inputs, labels) / self.grad_accum
