@@ -82,7 +82,7 @@ def _type_name(tp: Any) -> str:
 def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
     """Check ``value`` against annotation ``tp``; command-line strings are parsed first.
 
-    Supports str, int, float, bool, list[str], list[int], list[dict] (TOML only) and unions of
+    Supports str, int, float, bool, list[str], list[int], list[float], list[dict] (TOML only) and unions of
     those (tried in order). Raises ValueError with a short reason when the value does not fit.
     """
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -98,8 +98,10 @@ def coerce(value: Any, tp: Any, from_cli: bool) -> Any:
             if item is dict:
                 raise ValueError("a list of tables can only be set in the TOML file")
             value = [v.strip() for v in value.split(",") if v.strip()]
-            if item is int:
-                value = [coerce(v, int, True) for v in value]
+            if item in (int, float):
+                value = [coerce(v, item, True) for v in value]
+        elif item is float and isinstance(value, list):  # TOML writes 2 for 2.0
+            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not isinstance(value, list) or not all(
                 isinstance(v, item) and not (item is int and isinstance(v, bool)) for v in value):
             raise ValueError(f"expected {_type_name(tp)}, got {value!r}")
