@@ -169,3 +169,24 @@ def test_adamw_groups_equal_torch_adamw():
     _run(opt, list(a.parameters()))
     _run(ref, list(b.parameters()))
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_unlocked_block_joins_the_right_groups_and_locked_ones_have_no_state():
+    from titanwarm.models.llama3.args import FLAVORS
+    from titanwarm.models.llama3.model import Transformer
+    from titanwarm.optim import add_parameters
+
+    model = Transformer(FLAVORS["tinymodel"])
+    locked = list(model.layers["1"].parameters())
+    model.layers["1"].requires_grad_(False)
+    opt = build_optimizer([model], Optimizer(name="Muon"), total_steps=10)
+    model(torch.randint(0, 100, (2, 8))).sum().backward()
+    opt.step()
+    assert all(p not in opt.state for p in locked)
+    model.layers["1"].requires_grad_(True)
+    added = add_parameters(opt, locked, weight_decay=0.1, lr_scale=0.0)
+    assert [g["algorithm"] for g in added] == ["muon", "adamw"]
+    assert all(p.ndim == 2 for p in added[0]["params"]) and all(p.ndim == 1 for p in added[1]["params"])
+    assert added[0]["t"] == 1 and all(p not in opt.state for p in locked)
+    held = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(held) == sorted(id(p) for p in model.parameters())
