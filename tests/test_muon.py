@@ -190,3 +190,23 @@ def test_unlocked_block_joins_the_right_groups_and_locked_ones_have_no_state():
     assert added[0]["t"] == 1 and all(p not in opt.state for p in locked)
     held = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(held) == sorted(id(p) for p in model.parameters())
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("rank_fraction", "0", "optimizer.rank_fraction"),
+    ("ns_coefficients", "1,2", "optimizer.ns_coefficients"),
+    ("update_scale", "rms", "optimizer.update_scale"),
+    ("momentum", "1.0", "optimizer.momentum"),
+])
+def test_bad_muon_keys_stop_at_load_time(key, value, says):
+    from titanwarm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=says):
+        load_config(["--optimizer.name", "NuMuon", f"--optimizer.{key}", value])
+
+
+def test_muon_keys_from_the_command_line():
+    from titanwarm.config import load_config
+
+    cfg, _ = load_config(["--optimizer.name", "Muon", "--optimizer.ns_coefficients", "3,-4.5,2"])
+    assert cfg.optimizer.ns_coefficients == [3.0, -4.5, 2.0]
