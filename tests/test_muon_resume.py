@@ -14,19 +14,20 @@ import math
 import pytest
 import torch
 
-from tests.test_checkpoint import INTERVAL, STEPS, base_args, copy_run, exported, losses, ok, records, run
+from tests.test_checkpoint import INTERVAL, base_args, copy_run, exported, losses, ok, records, run
 
 NUMUON = ["--optimizer.name", "NuMuon", "--optimizer.rank_fraction", "0.2",
           "--optimizer.krylov_oversample", "2", "--optimizer.krylov_iters", "1",
           "--depth_schedule.enabled", "true", "--depth_schedule.start", str(INTERVAL),
           "--curvature.enabled", "true", "--curvature.interval", "2"]
+STEPS = INTERVAL + 2  # two steps after the resume: the unlocked block's first update, a tracked step
 KEYS = ("lambda_max", "matrix_lambda_max_h", "update_curvature", "second_order_ratio")
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     dump = tmp_path_factory.mktemp("numuon") / "straight"
-    ok(run(2, base_args(dump, world=2) + NUMUON))
+    ok(run(2, base_args(dump, steps=STEPS, world=2) + NUMUON))
     return dump
 
 
@@ -41,7 +42,7 @@ def test_resume_right_after_unlock_is_bit_exact(reference, tmp_path):
     assert sorted(ref_tracked) == list(range(2, STEPS + 1, 2))
     assert all(math.isfinite(v) for vals in ref_tracked.values() for v in vals)
     dump = copy_run(reference, tmp_path / "resumed", steps=[INTERVAL])
-    proc = ok(run(2, base_args(dump, world=2) + NUMUON))
+    proc = ok(run(2, base_args(dump, steps=STEPS, world=2) + NUMUON))
     assert f"resumed from step {INTERVAL}" in proc.stdout
     got, ref = losses(dump), losses(reference)
     assert sorted(got) == list(range(INTERVAL + 1, STEPS + 1))
@@ -54,7 +55,7 @@ def test_resume_right_after_unlock_is_bit_exact(reference, tmp_path):
 @pytest.mark.slow
 def test_resume_resharded_to_one_process(reference, tmp_path):
     dump = copy_run(reference, tmp_path / "one", steps=[INTERVAL])
-    proc = ok(run(1, base_args(dump, world=1) + NUMUON))
+    proc = ok(run(1, base_args(dump, steps=STEPS, world=1) + NUMUON))
     assert f"resumed from step {INTERVAL}" in proc.stdout
     got, ref = losses(dump), losses(reference)
     for s in got:
