@@ -43,7 +43,8 @@ class Model:
 @dataclass
 class Optimizer:
     name: str = "AdamW"
-    """Registered optimizer: "AdamW" or "Adam"."""
+    """Registered optimizer: "AdamW", "Adam", "Muon" or "NuMuon". Muon/NuMuon update the hidden
+    2-D matrices and AdamW (lr, betas, eps, weight_decay below) everything else (docs/muon.md)."""
     lr: float = 8e-4
     """Peak learning rate (reached at the end of LR warmup)."""
     beta1: float = 0.9
@@ -56,6 +57,43 @@ class Optimizer:
     """Decoupled weight decay, applied to matrices and embeddings only (never to norm weights)."""
     implementation: str = "auto"
     """Kernel: "auto" (fused on CUDA, foreach elsewhere), "fused", "foreach" or "for-loop"."""
+    adamw_modules: list[str] = field(default_factory=lambda: ["tok_embeddings", "output"])
+    """Muon/NuMuon: parameters whose dotted name has one of these components stay on AdamW (the
+    embedding and the output head, chosen by name, not by shape). Other 2-D parameters are the
+    matrices; 1-D ones (norms, biases) always use AdamW without decay."""
+    momentum: float = 0.95
+    """Muon/NuMuon: momentum mu of the matrices (buffer <- lerp(buffer, grad, 1 - mu))."""
+    nesterov: bool = True
+    """Muon/NuMuon: orthogonalise lerp(grad, buffer, mu) (Nesterov) instead of the buffer."""
+    ns_steps: int = 5
+    """Muon: Newton-Schulz iterations (1..99)."""
+    ns_coefficients: list[float] = field(default_factory=lambda: [3.4445, -4.775, 2.0315])
+    """Muon: the quintic's (a, b, c): X <- a X + (b A + c A^2) X with A = X X^T."""
+    ns_eps: float = 1e-7
+    """Muon: floor of the Frobenius norm the input is divided by."""
+    update_scale: str = "match_rms_adamw"
+    """Muon/NuMuon: LR multiplier per m x n matrix: "match_rms_adamw" 0.2*sqrt(max(m, n))
+    (update RMS like AdamW's, so lr and weight_decay carry over), "original" sqrt(max(1, m/n))
+    or "none"."""
+    rank_fraction: float = 0.25
+    """NuMuon: r at the start; the update keeps the top k = ceil(r * min(m, n)) singular
+    directions of each matrix's momentum with unit singular values (r = 1: Muon)."""
+    rank_fraction_final: float = -1.0
+    """NuMuon: r at the last step (-1: same as rank_fraction, no decay)."""
+    rank_schedule: str = "constant"
+    """NuMuon: "constant", "linear" or "cosine" from rank_fraction to rank_fraction_final."""
+    rank_hold_fraction: float = 0.0
+    """NuMuon: fraction of training.steps r stays at rank_fraction before it decays."""
+    krylov_oversample: int = 8
+    """NuMuon: the Krylov block has k + krylov_oversample columns."""
+    krylov_iters: int = 2
+    """NuMuon: Krylov blocks added after the first (each one multiplication by A A^T)."""
+
+    def problems(self, cfg) -> list[tuple[str, str]]:
+        """Load-time checks of the Muon/NuMuon keys."""
+        from titanwarm.optim.muon_config import problems
+
+        return problems(self)
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """Build the optimizer over the trainable parameters, and add parameters to it mid-run.
 
+"Muon" and "NuMuon" build a ``MatrixOptimizer`` (``muon.py``) that routes parameters by name; what
+follows describes the AdamW/Adam groups.
+
 Parameters are split into a decayed group (matrices and embeddings, ndim >= 2) and an undecayed one
 (norm weights). Only parameters with ``requires_grad`` enter: architecture warm-up keeps locked blocks
 out and hands their parameters over with ``add_parameters`` when they unlock, so AdamW holds no state
@@ -9,12 +12,14 @@ the LR schedule multiplies in (used for per-block LR warm-up after an unlock).
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 import torch
 from torch import nn
 
 from titanwarm.config.sections import Optimizer as OptimizerConfig
+from titanwarm.optim.muon import MatrixOptimizer, route
 from titanwarm.registry import OPTIMIZERS
 
 
@@ -52,14 +57,40 @@ def build_adam(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimize
     return torch.optim.Adam(groups, **_adam_kwargs(cfg, groups))
 
 
-def build_optimizer(model_parts: list[nn.Module], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def _build_matrix_optimizer(algorithm: str, model_parts: list[nn.Module], cfg: OptimizerConfig,
+                            total_steps: int, seed: int) -> MatrixOptimizer:
+    named = [(n, p) for m in model_parts for n, p in m.named_parameters()]
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    groups = route(trainable, cfg.adamw_modules, cfg.weight_decay)
+    final = cfg.rank_fraction if cfg.rank_fraction_final == -1 else cfg.rank_fraction_final
+    defaults = dict(
+        matrix_algorithm=algorithm, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        ns_coefficients=tuple(cfg.ns_coefficients), ns_steps=cfg.ns_steps, ns_eps=cfg.ns_eps,
+        update_scale=cfg.update_scale, rank_fraction=cfg.rank_fraction, rank_fraction_final=final,
+        rank_schedule=cfg.rank_schedule, rank_hold_fraction=cfg.rank_hold_fraction,
+        krylov_oversample=cfg.krylov_oversample, krylov_iters=cfg.krylov_iters,
+        total_steps=total_steps, seed=seed, **_adam_kwargs(cfg, groups))
+    return MatrixOptimizer(groups, defaults, {id(p): n for n, p in named}, cfg.adamw_modules)
+
+
+OPTIMIZERS.add("Muon", functools.partial(_build_matrix_optimizer, "muon"))
+OPTIMIZERS.add("NuMuon", functools.partial(_build_matrix_optimizer, "numuon"))
+_MATRIX_NAMES = ("Muon", "NuMuon")
+
+
+def build_optimizer(model_parts: list[nn.Module], cfg: OptimizerConfig, total_steps: int = 1,
+                    seed: int = 0) -> torch.optim.Optimizer:
     """The configured optimizer over every trainable parameter of ``model_parts``.
 
-    An optimizer needs at least one parameter; with everything locked the caller must unlock first.
+    ``total_steps`` (the run's length) and ``seed`` are read by NuMuon's rank schedule and Krylov
+    start only. An optimizer needs at least one parameter; with everything locked the caller must
+    unlock first.
     """
     params = [p for m in model_parts for p in m.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters to optimize")
+    if cfg.name in _MATRIX_NAMES:
+        return OPTIMIZERS.get(cfg.name)(model_parts, cfg, total_steps, seed)
     return OPTIMIZERS.get(cfg.name)(param_groups(params, cfg.weight_decay), cfg)
 
 
@@ -70,6 +101,8 @@ def add_parameters(optimizer: torch.optim.Optimizer, params: Iterable[nn.Paramet
     The new groups copy the hyper-parameters of the optimizer's first group (lr, betas, eps, kernel
     flags) and start with no state: AdamW's step count for them begins at their first update.
     """
+    if isinstance(optimizer, MatrixOptimizer):
+        return optimizer.add_parameters(params, weight_decay, lr_scale)
     template = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
     added = []
     for group in param_groups(params, weight_decay):

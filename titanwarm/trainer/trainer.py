@@ -31,6 +31,7 @@ from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
 from titanwarm.metrics import MetricsLogger, memory_stats
 from titanwarm.models.weight_init import init_sampler
 from titanwarm.optim import LRSchedule, build_optimizer, state_bytes
+from titanwarm.optim.matrix_curvature import install as install_matrix_curvature
 from titanwarm.registry import MODELS
 from titanwarm.report.at_end import write_run_report
 from titanwarm.stabilizers import install_stabilizers, stabilized_loss
@@ -68,7 +69,8 @@ class Trainer:
                                           cfg.training.steps)
                        if cfg.depth_schedule.enabled else None)  # locks blocks before the optimizer sees them
 
-        self.optimizer = build_optimizer(self.model_parts, cfg.optimizer)
+        self.optimizer = build_optimizer(self.model_parts, cfg.optimizer, cfg.training.steps,
+                                         cfg.job.seed)
         self.schedule = LRSchedule(cfg.lr_scheduler, cfg.optimizer.lr, cfg.training.steps)
 
         dp_rank, dp_world = self.parallel_dims.dp_rank, self.parallel_dims.dp_world
@@ -97,6 +99,7 @@ class Trainer:
         """Set by a hook to log the current step whatever metrics.log_freq says."""
         install_stabilizers(self)
         self.curvature = CurvatureHook(self) if cfg.curvature.enabled else None
+        install_matrix_curvature(self)  # Muon/NuMuon: curvature along the update
         if self.warmup is not None:
             self.warmup.attach(self)  # after the tracker: a step is measured before its unlocks
 
