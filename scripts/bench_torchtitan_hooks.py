@@ -110,7 +110,7 @@ def run(args, tmp: str) -> None:
             t0 = time.perf_counter()
             for i in range(args.steps):
                 trainer.step = step + i + 1
-                trainer.train_step(iter([batch(i)]))
+                trainer.train_step(trainer.batch_generator([batch(i)]))
             step_times[name].append((time.perf_counter() - t0) / args.steps)
         step += args.steps
     best = {k: min(v) for k, v in step_times.items()}

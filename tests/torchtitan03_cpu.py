@@ -120,7 +120,8 @@ def batch(step):
 
 
 def train_step(trainer, step):
-    """One step of torchtitan's Trainer.train loop (its train_step, then the checkpointer)."""
+    """One step of torchtitan's Trainer.train loop (its batch_generator and train_step, then the
+    checkpointer)."""
     trainer.step = step
-    trainer.train_step(iter([batch(step)]))
+    trainer.train_step(trainer.batch_generator([batch(step)]))
     trainer.checkpointer.save(step, last_step=False)
