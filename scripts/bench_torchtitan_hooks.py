@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torchtitan.components.metrics as tt_metrics
 
-from tests.torchtitan03_cpu import CPUMemoryMonitor, batch, build, sdpa_debugmodel
+from tests.torchtitan03_cpu import batch, build, sdpa_debugmodel
+from tests.torchtitan_glue import CPUMemoryMonitor
 from titanwarm.archwarm.config import DepthSchedule
 from titanwarm.curvature import Curvature
 from titanwarm.integrations.torchtitan.trainer import TitanwarmTrainer, with_titanwarm

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.torchtitan_glue import require_glue
+from tests.torchtitan_glue import CPUMemoryMonitor, require_glue
 
 require_glue("trainer", "torchtitan 0.3.0 + triton: scripts/test.sh builds .venv-tt03")
 
@@ -23,7 +23,7 @@ from torchtitan.components.loss import IGNORE_INDEX  # noqa: E402
 from torchtitan.config import ConfigManager  # noqa: E402
 from torchtitan.models.llama3.config_registry import llama3_debugmodel  # noqa: E402
 
-from tests.torchtitan03_cpu import B, DIM, T, CPUMemoryMonitor, batch, build, sdpa_debugmodel, train_step  # noqa: E402
+from tests.torchtitan03_cpu import B, DIM, T, batch, build, sdpa_debugmodel, train_step  # noqa: E402
 
 from titanwarm.archwarm.config import DepthSchedule  # noqa: E402
 from titanwarm.curvature import Curvature, CurvatureTracker  # noqa: E402

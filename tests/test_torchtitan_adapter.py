@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.torchtitan_glue import require_glue
+from tests.torchtitan_glue import CPUMemoryMonitor, Recorder, require_glue
 
 require_glue("train_spec", "pip install '.[torchtitan]': torchtitan 0.2.2 + triton")
 
@@ -66,33 +66,6 @@ hvp = "autograd"
 """
 
 B, T, VOCAB = 2, 32, 2048
-
-
-class CPUMemoryMonitor:
-    """torchtitan's DeviceMemoryMonitor reads CUDA memory stats; on CPU the MetricsProcessor gets
-    this one (all zeros). The processor itself is torchtitan's."""
-
-    device_name, device_capacity_gib = "cpu", 1.0
-
-    def reset_peak_stats(self):
-        pass
-
-    def get_peak_stats(self):
-        from torchtitan.components.metrics import DeviceMemStats
-        return DeviceMemStats(0.0, 0.0, 0.0, 0.0, 0, 0)
-
-
-class Recorder:
-    """Receives MetricsProcessor.log's metrics (in place of its TensorBoard/W&B logger)."""
-
-    def __init__(self):
-        self.logged = []
-
-    def log(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-    def close(self):
-        pass
 
 
 def build(job_config):

@@ -17,6 +17,8 @@ from torchtitan.models.common.attention import FlexAttention, ScaledDotProductAt
 from torchtitan.models.llama3.config_registry import llama3_debugmodel
 from torchtitan.trainer import Trainer
 
+from tests.torchtitan_glue import Recorder
+
 B, T, VOCAB, DIM = 2, 32, 2048, 256
 
 
@@ -36,33 +38,6 @@ def sdpa_debugmodel(**training):
     base.metrics.log_freq = 1
     base.validator.enable = False
     return base
-
-
-class CPUMemoryMonitor:
-    """torchtitan's DeviceMemoryMonitor reads CUDA memory stats; on CPU the MetricsProcessor gets
-    this one (all zeros). The processor itself is torchtitan's."""
-
-    device_name = "cpu"
-
-    def reset_peak_stats(self):
-        pass
-
-    def get_peak_stats(self):
-        from torchtitan.components.metrics import DeviceMemStats
-        return DeviceMemStats(0.0, 0.0, 0.0, 0.0, 0, 0)
-
-
-class Recorder:
-    """Receives MetricsProcessor.log's metrics (in place of its TensorBoard/W&B logger)."""
-
-    def __init__(self):
-        self.logged = []
-
-    def log(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-    def close(self):
-        pass
 
 
 def build(config, cls: type = Trainer):
