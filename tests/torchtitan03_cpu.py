@@ -30,8 +30,8 @@ def sdpa_debugmodel(**training):
             parent[attr] = ScaledDotProductAttention.Config()
         else:
             setattr(parent, attr, ScaledDotProductAttention.Config())
-    base.training = dataclasses.replace(base.training, local_batch_size=B, seq_len=T, steps=10,
-                                        disable_cuda_graphs=True, **training)
+    base.training = dataclasses.replace(base.training, **{
+        "local_batch_size": B, "seq_len": T, "steps": 10, "disable_cuda_graphs": True, **training})
     base.lr_scheduler.warmup_steps = 1
     base.debug.seed = 7
     base.optimizer.implementation = "for-loop"

@@ -23,7 +23,7 @@ docs/torchtitan.md).
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +44,6 @@ from titanwarm.curvature import Curvature  # noqa: E402
 from titanwarm.integrations.torchtitan.adapter import TitanwarmAdapter, check_config  # noqa: E402
 from titanwarm.integrations.torchtitan.checkpoint_states import titanwarm_states  # noqa: E402
 from titanwarm.integrations.torchtitan.metrics import wrap_metrics_processor  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 NO_DOUBLE_BACKWARD = (FlexAttention, VarlenAttention)
 """torchtitan inner attentions whose kernels have no double backward (no autograd HVPs)."""
@@ -166,8 +164,6 @@ def with_titanwarm(base: Any, depth_schedule: DepthSchedule | None = None,
                    curvature: Curvature | None = None) -> TitanwarmTrainer.Config:
     """``base`` (any torchtitan ``Trainer.Config``, e.g. a recipe's) as a
     ``TitanwarmTrainer.Config`` with the two sections (default: both off)."""
-    import dataclasses
-
     kept = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}
     return TitanwarmTrainer.Config(**kept, depth_schedule=depth_schedule or DepthSchedule(),
                                    curvature=curvature or Curvature())
