@@ -12,7 +12,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 TITANWARM_REQUIRE_TORCHTITAN=train_spec .venv/bin/python -m pytest -q -ra --durations=15 "$@"
 
 echo "== torchtitan 0.3 adapter test (./.venv-tt03) =="
-TITANWARM_VENV=.venv-tt03 TITANWARM_EXTRAS=dev,torchtitan03 bash scripts/setup.sh
+TITANWARM_VENV=.venv-tt03 TITANWARM_EXTRAS=test-torchtitan03 bash scripts/setup.sh
 TITANWARM_REQUIRE_TORCHTITAN=trainer .venv-tt03/bin/python -m pytest -q -ra \
   -p no:cacheprovider tests/test_torchtitan03_adapter.py --junitxml=.venv-tt03/junit.xml
 .venv-tt03/bin/python - <<'PY'
