@@ -1,4 +1,4 @@
-"""titanwarm's torchtitan adapter on torchtitan 0.2.2's own classes (CPU).
+"""titanwarm's torchtitan adapter, 0.2.x glue, on torchtitan 0.2.2's own classes (CPU).
 
 Drives, without stand-ins: torchtitan's ConfigManager (TOML with ``[job] custom_config_module``
 and ``[experimental] custom_import``), its TrainSpec registry, its debug Llama 3 ``Transformer``,
@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-pytest.importorskip("triton", reason="torchtitan needs triton to import (pip install '.[torchtitan]')")
-torchtitan = pytest.importorskip("torchtitan", reason="torchtitan is not installed (pip install '.[torchtitan]')")
+from tests.torchtitan_glue import CPUMemoryMonitor, Recorder, require_glue
+
+require_glue("train_spec", "pip install '.[torchtitan]': torchtitan 0.2.2 + triton")
 
 from torchtitan.components.checkpoint import CheckpointManager  # noqa: E402
 from torchtitan.config import ConfigManager  # noqa: E402
@@ -25,7 +26,8 @@ from torchtitan.distributed import ParallelDims  # noqa: E402
 from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 
 from titanwarm.curvature import CurvatureTracker  # noqa: E402
-from titanwarm.integrations.torchtitan.adapter import math_sdpa, titanwarm_states  # noqa: E402
+from titanwarm.integrations.torchtitan.attention import math_attention  # noqa: E402
+from titanwarm.integrations.torchtitan.checkpoint_states import titanwarm_states  # noqa: E402
 
 TOML = """
 [job]
@@ -64,33 +66,6 @@ hvp = "autograd"
 """
 
 B, T, VOCAB = 2, 32, 2048
-
-
-class CPUMemoryMonitor:
-    """torchtitan's DeviceMemoryMonitor reads CUDA memory stats; on CPU the MetricsProcessor gets
-    this one (all zeros). The processor itself is torchtitan's."""
-
-    device_name, device_capacity_gib = "cpu", 1.0
-
-    def reset_peak_stats(self):
-        pass
-
-    def get_peak_stats(self):
-        from torchtitan.components.metrics import DeviceMemStats
-        return DeviceMemStats(0.0, 0.0, 0.0, 0.0, 0, 0)
-
-
-class Recorder:
-    """Receives MetricsProcessor.log's metrics (in place of its TensorBoard/W&B logger)."""
-
-    def __init__(self):
-        self.logged = []
-
-    def log(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-    def close(self):
-        pass
 
 
 def build(job_config):
@@ -207,7 +182,7 @@ def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
     def ref_loss(parts, b):
         x, y = b
         return loss_fn(parts[0](x), y) / y.numel()
-    with math_sdpa([model]):  # torchtitan's fused CPU attention has no double backward
+    with math_attention([model]):  # torchtitan's fused CPU attention has no double backward
         ref_est = ref.step(ref_loss, batch(3))
     assert ref_est.lambda_max == pytest.approx(est.lambda_max, rel=1e-6)
     assert ref_est.hvps == est.hvps

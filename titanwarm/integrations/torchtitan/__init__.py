@@ -1,11 +1,16 @@
-"""titanwarm inside a torchtitan (<= 0.2.2, TOML-config) fork: see docs/torchtitan.md.
+"""titanwarm inside a torchtitan fork: see docs/torchtitan.md.
 
-- ``titanwarm.integrations.torchtitan.config``: for ``[job] custom_config_module``; adds the
-  ``[depth_schedule]`` and ``[curvature]`` sections (titanwarm's own dataclasses).
-- ``titanwarm.integrations.torchtitan.register``: for ``[experimental] custom_import``; registers
-  ``llama3_titanwarm`` (torchtitan's Llama 3 TrainSpec with wrapped builders).
-- ``titanwarm.integrations.torchtitan.adapter``: the pieces themselves (``TitanwarmAdapter``,
-  ``wrap_train_spec``, ``titanwarm_states``).
+One shared core and one thin glue layer per torchtitan generation, chosen by the features the
+installed torchtitan has (``features.py``), not by its version string:
 
-Importing this package does not import torchtitan (``config`` needs only the dataclasses).
+- core (no torchtitan import): ``adapter`` (``TitanwarmAdapter``: locks, schedule, tracker, step
+  post-hook), ``skipping`` (locked blocks left out of the forward), ``attention`` (math SDPA for
+  the tracker), ``optimizer_state`` (the container's state dict with locked blocks),
+  ``checkpoint_states`` (``titanwarm_states``: Stateful lock and tracker state), ``metrics``;
+- torchtitan 0.2.x (TOML): ``config`` (``[job] custom_config_module``), ``register``
+  (``[experimental] custom_import``), ``train_spec`` (``wrap_train_spec``);
+- torchtitan 0.3.x (Python configs): ``trainer`` (``TitanwarmTrainer``, ``TitanwarmMixin``,
+  ``with_titanwarm``), ``recipes`` (``--module titanwarm.integrations.torchtitan.recipes``).
+
+Importing this package imports no torchtitan.
 """
