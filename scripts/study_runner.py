@@ -3,7 +3,8 @@
 Shared by the study scripts (``reproduce_stability.py``, ``edge_of_stability.py``,
 ``lr_sensitivity.py``): each run is a folder plus a command; a folder holding ``run.json`` is done
 and skipped, a folder without it (an interrupted run) is started over. ``run.json`` records the
-run's metadata, return code, wall time and the exact command. Children run single-threaded
+run's metadata, return code, wall time, CPU time (user + system, from ``wait4``: comparable between
+runs on a shared machine, unlike wall time) and the exact command. Children run single-threaded
 (OMP_NUM_THREADS=1), optionally under ``nice``.
 """
 
@@ -58,14 +59,16 @@ def run_pending(runs: list[Run], n_parallel: int, nice: int = 0,
         time.sleep(2)
         still = []
         for proc, run, t0, log in running:
-            rc = proc.poll()
-            if rc is None:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the child's CPU time
+            if pid == 0:
                 still.append((proc, run, t0, log))
                 continue
+            rc = proc.returncode = os.waitstatus_to_exitcode(status)
             log.close()
             elapsed = time.time() - t0
             (run.folder / "run.json").write_text(json.dumps(
                 {**run.meta, "returncode": rc, "elapsed_s": elapsed,
+                 "cpu_s": usage.ru_utime + usage.ru_stime,
                  "command": "OMP_NUM_THREADS=1 " + shlex.join(run.command)}, indent=1))
             print(f"done rc={rc} {elapsed:.0f}s: {run.folder}", flush=True)
         running = still
