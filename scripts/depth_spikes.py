@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lr_sensitivity import ARMS, LABELS, analyse, default_out, fmt, make_run, run_dir  # noqa: E402
-from study_runner import ROOT, finite, relative, run_pending  # noqa: E402
+from study_runner import ROOT, finite, minutes, pyplot, run_pending, save_figure  # noqa: E402
 
 BETA1 = 0.9
 THRESHOLD = (2 + 2 * BETA1) / (1 - BETA1)
@@ -120,12 +120,12 @@ def enrich(r: dict, window: int, warmup: int) -> dict:
 
 def run_table(results: dict) -> list[str]:
     lines = ["| arm | depth | LR | seed | diverged? | final val loss | spikes (steps) | spikes ≤ 3× warm-up "
-             "| overshoot events | peak attn logit | wall time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| overshoot events | peak attn logit | wall / CPU time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (a, d, b, lr, s), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][0], kv[0][4])):
         sp = ", ".join(map(str, r["spikes"][:8])) + (" …" if len(r["spikes"]) > 8 else "")
         lines.append(f"| {LABELS[a]} | {d} | {fmt(lr)} | {s} | {'yes' if r['diverged'] else 'no'} "
                      f"| {r['final_loss']:.3f} | {len(r['spikes'])} ({sp}) | {len(r['early_spikes'])} "
-                     f"| {len(r['events'])} | {r['attn_logit_peak']:.1f} | {r['elapsed_s'] / 60:.1f} min |")
+                     f"| {len(r['events'])} | {r['attn_logit_peak']:.1f} | {minutes(r)} |")
     return lines
 
 
@@ -147,11 +147,7 @@ def arm_table(results: dict, arms: list[str], lag: int, shuffles: int) -> list[s
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     keys = sorted(results, key=lambda k: (k[1], k[3], k[0], k[4]))
     fig, axes = plt.subplots(len(keys), 1, figsize=(11, 2.2 * len(keys)), squeeze=False, sharex=True)
     for ax, k in zip(axes[:, 0], keys):
@@ -172,10 +168,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(f"{LABELS[k[0]]}, L={k[1]}, lr {fmt(k[3])}, seed {k[4]}", fontsize=8)
         ax.set_ylabel("probe loss", fontsize=7)
     axes[-1][0].set_xlabel("step (red: spikes; green ▲: overshoot events)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    print(f"wrote {relative(path)}", file=sys.stderr)
+    save_figure(fig, path, dpi=90)
 
 
 def main() -> int:

@@ -34,7 +34,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import ROOT, Run, finite, read_records, relative, run_pending  # noqa: E402
+from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
+                          run_pending, save_figure)
 
 CONFIG = "train_configs/repro/eos_fullbatch.toml"
 DEPTHS = [4, 8, 16]
@@ -103,24 +104,20 @@ def g(x, spec: str = ".3g") -> str:
 def table(results: dict) -> list[str]:
     lines = ["| depth | β2 | peak LR | steps run | diverged? | loss: init → final | first step with lr·λ ≥ 38(1−β1^t) "
              "| median lr·λ/38, 2nd half | share of steps > 40 with lr·λ/38 ≥ 1 | max lr·λ/38 (step > 40) "
-             "| warm vs cold λ: median rel. diff (n) | wall time |",
+             "| warm vs cold λ: median rel. diff (n) | wall / CPU time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (depth, beta2, lr), r in sorted(results.items()):
         lines.append(
             f"| {depth} | {beta2:g} | {fmt(lr)} | {r['last_step']} | {'yes' if r['diverged'] else 'no'} "
             f"| {g(r['init_loss'], '.2f')} → {g(r['final_loss'], '.3f')} | {r['first_cross'] or '-'} "
             f"| {g(r['median_late'])} | {g(100 * r['frac_above'], '.0f')}% | {g(r['max_ratio'])} "
-            f"| {g(r['cold_err'], '.2g')} ({len(r['cold'])}) | {r['elapsed_s'] / 60:.1f} min |")
+            f"| {g(r['cold_err'], '.2g')} ({len(r['cold'])}) | {minutes(r)} |")
     return lines
 
 
 def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float], path: Path,
          what: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(beta2s), len(depths), figsize=(5 * len(depths), 3.8 * len(beta2s)),
                              squeeze=False, sharey=True)
     colors = dict(zip(lrs, plt.cm.viridis([0.0, 0.33, 0.66, 0.9])))
@@ -152,13 +149,10 @@ def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float]
             if j == 0:
                 ax.set_ylabel("lr·λmax(G) / 38" if what == "ratio" else "train loss (the fixed batch)")
             ax.legend(fontsize=7)
-    fig.suptitle("Full-batch Adam, d=64: " + ("lr·λmax(G)/38 (lines: warm 3-HVP tracker every step; "
-                                               "circles: cold 20-HVP Lanczos)" if what == "ratio"
+    fig.suptitle("Full-batch Adam, d=64: " + ("lr·λmax(G)/38 (lines: warm-started tracker every step; "
+                                               "circles: cold high-precision Lanczos)" if what == "ratio"
                                                else "training loss on the fixed batch"))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {relative(path)}", file=sys.stderr)
+    save_figure(fig, path)
 
 
 def main() -> int:

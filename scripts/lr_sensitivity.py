@@ -41,7 +41,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import ROOT, Run, finite, read_records, relative, run_pending  # noqa: E402
+from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
+                          run_pending, save_figure)
 
 CONFIG = "train_configs/repro/lr_sensitivity.toml"
 DATA_OVERRIDES: list[str] = []  # e.g. ["--training.<shuffle key>", "true"] once the shuffle lands
@@ -167,23 +168,18 @@ def summary_table(results: dict, arms, depths, beta2s, lrs, seeds) -> list[str]:
 
 def mechanism_table(results: dict) -> list[str]:
     lines = ["| arm | depth | β2 | LR | seed | final val loss | max attn logit: final / peak | "
-             "peak output logsumexp | grad RMS (final) | tensors with grad RMS < eps (final) | wall time |",
+             "peak output logsumexp | grad RMS (final) | tensors with grad RMS < eps (final) | wall / CPU time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (a, d, b, lr, s), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3])):
         lines.append(f"| {LABELS[a]} | {d} | {b:g} | {fmt(lr)} | {s} "
                      f"| {r['final_loss']:.3f}{' (diverged)' if r['diverged'] else ''} "
                      f"| {r['attn_logit_final']:.1f} / {r['attn_logit_peak']:.1f} | {r['lse_peak']:.1f} "
-                     f"| {r['grad_rms_final']:.2e} | {100 * r['below_eps_final']:.0f}% "
-                     f"| {r['elapsed_s'] / 60:.1f} min |")
+                     f"| {r['grad_rms_final']:.2e} | {100 * r['below_eps_final']:.0f}% | {minutes(r)} |")
     return lines
 
 
 def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(depths) * len(beta2s), figsize=(4.5 * len(depths) * len(beta2s), 7),
                              squeeze=False)
     col = 0
@@ -211,10 +207,7 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
             bottom.set_ylabel("peak max attention logit")
             col += 1
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {relative(path)}", file=sys.stderr)
+    save_figure(fig, path)
 
 
 def main() -> int:

@@ -5,7 +5,8 @@ Shared by the study scripts (``reproduce_stability.py``, ``edge_of_stability.py`
 and skipped, a folder without it (an interrupted run) is started over. ``run.json`` records the
 run's metadata, return code, wall time, CPU time (user + system, from ``wait4``: comparable between
 runs on a shared machine, unlike wall time) and the exact command. Children run single-threaded
-(OMP_NUM_THREADS=1), optionally under ``nice``.
+(OMP_NUM_THREADS=1), optionally under ``nice``. Also the small helpers the study reports share
+(reading metrics, formatting times, matplotlib without a display).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,3 +92,26 @@ def relative(path: Path) -> str:
 
 def finite(x: float | None) -> bool:
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def minutes(meta: dict) -> str:
+    """"wall / CPU min" of a finished run (CPU time is missing for runs recorded before it was)."""
+    cpu = meta.get("cpu_s")
+    return f"{meta['elapsed_s'] / 60:.1f} / {cpu / 60:.1f} min" if cpu is not None else f"{meta['elapsed_s'] / 60:.1f} min / n/a"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    print(f"wrote {relative(path)}", file=sys.stderr)
