@@ -23,6 +23,7 @@ with a run.json is skipped, so the script is resumable. Usage:
         --out /tmp/eos_probe                                                  # a timing probe
 
 The report (markdown on stdout, PNGs in docs/results/) is pasted into docs/results/instability.md.
+Runs still in progress (metrics.jsonl but no run.json) are included and marked as running.
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def analyse(folder: Path) -> dict | None:
     import json
 
     meta_path = folder / "run.json"
-    if not meta_path.exists():
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+    elif (folder / "metrics.jsonl").exists():  # still running (or interrupted): reported as such
+        meta = {"returncode": None, "elapsed_s": None}
+    else:
         return None
-    meta = json.loads(meta_path.read_text())
     steps = read_records(folder)
     loss = [(r["step"], r["loss"]) for r in steps]
     lr_lambda = [(r["step"], r["lr_lambda"]) for r in steps if finite(r.get("lr_lambda"))]
@@ -81,13 +85,15 @@ def analyse(folder: Path) -> dict | None:
     bad = [s for s, l in loss if not finite(l)]
     init_loss = loss[0][1] if loss else math.nan
     final = statistics.mean(l for _, l in loss[-10:]) if loss and not bad else math.nan
-    diverged = meta["returncode"] != 0 or bool(bad) or not final < init_loss
+    last = loss[-1][0] if loss else 0
+    running = meta["returncode"] is None
+    diverged = bool(bad) or (not running and (meta["returncode"] != 0 or not final < init_loss))
     after = [(s, v / THRESHOLD) for s, v in lr_lambda if s > 2 * WARMUP]
-    half = [v for s, v in after if s > meta.get("steps", 0) / 2] or [v for _, v in after]
+    half = [v for s, v in after if s > last / 2]
     eff = [(s, v / (THRESHOLD * (1 - BETA1 ** s))) for s, v in lr_lambda]
     return {
         **meta, "loss": loss, "lr_lambda": lr_lambda, "lr": lr_of, "cold": cold, "diverged": diverged,
-        "init_loss": init_loss, "final_loss": final, "last_step": loss[-1][0] if loss else 0,
+        "init_loss": init_loss, "final_loss": final, "last_step": last, "running": running,
         "first_cross": next((s for s, v in eff if v >= 1), None),
         "median_late": statistics.median(half) if half else math.nan,
         "frac_above": sum(v >= 1 for _, v in after) / len(after) if after else math.nan,
@@ -103,14 +109,15 @@ def g(x, spec: str = ".3g") -> str:
 
 def table(results: dict) -> list[str]:
     lines = ["| depth | β2 | peak LR | steps run | diverged? | loss: init → final | first step with lr·λ ≥ 38(1−β1^t) "
-             "| median lr·λ/38, 2nd half | share of steps > 40 with lr·λ/38 ≥ 1 | max lr·λ/38 (step > 40) "
+             "| median lr·λ/38, 2nd half of the steps run | share of steps > 40 with lr·λ/38 ≥ 1 | max lr·λ/38 (step > 40) "
              "| warm vs cold λ: median rel. diff (n) | wall / CPU time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (depth, beta2, lr), r in sorted(results.items()):
         lines.append(
-            f"| {depth} | {beta2:g} | {fmt(lr)} | {r['last_step']} | {'yes' if r['diverged'] else 'no'} "
+            f"| {depth} | {beta2:g} | {fmt(lr)} | {r['last_step']} "
+            f"| {'yes' if r['diverged'] else 'not yet (running)' if r['running'] else 'no'} "
             f"| {g(r['init_loss'], '.2f')} → {g(r['final_loss'], '.3f')} | {r['first_cross'] or '-'} "
-            f"| {g(r['median_late'])} | {g(100 * r['frac_above'], '.0f')}% | {g(r['max_ratio'])} "
+            f"| {g(r['median_late'])} | {g(100 * r['frac_above'], '.0f')} % | {g(r['max_ratio'])} "
             f"| {g(r['cold_err'], '.2g')} ({len(r['cold'])}) | {minutes(r)} |")
     return lines
 
@@ -148,7 +155,10 @@ def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float]
             ax.set_xlabel("step")
             if j == 0:
                 ax.set_ylabel("lr·λmax(G) / 38" if what == "ratio" else "train loss (the fixed batch)")
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "not run yet", transform=ax.transAxes, ha="center")
     fig.suptitle("Full-batch Adam, d=64: " + ("lr·λmax(G)/38 (lines: warm-started tracker every step; "
                                                "circles: cold high-precision Lanczos)" if what == "ratio"
                                                else "training loss on the fixed batch"))

@@ -96,6 +96,8 @@ def finite(x: float | None) -> bool:
 
 def minutes(meta: dict) -> str:
     """"wall / CPU min" of a finished run (CPU time is missing for runs recorded before it was)."""
+    if meta.get("elapsed_s") is None:
+        return "running"
     cpu = meta.get("cpu_s")
     return f"{meta['elapsed_s'] / 60:.1f} / {cpu / 60:.1f} min" if cpu is not None else f"{meta['elapsed_s'] / 60:.1f} min / n/a"
 
