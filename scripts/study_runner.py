@@ -37,10 +37,17 @@ class Run:
 def run_pending(runs: list[Run], n_parallel: int, nice: int = 0,
                 clear: tuple[str, ...] = ("metrics.jsonl", "train.log")) -> None:
     """Run every run whose folder has no ``run.json``, ``n_parallel`` at a time; files in ``clear``
-    left by an interrupted attempt are removed first. Child output goes to ``train.log``."""
+    left by an interrupted attempt are removed first. Child output goes to ``train.log``. A finished
+    run whose stored metadata differs from ``run.meta`` stops everything (exit message)."""
     pending = []
     for run in runs:
-        if (run.folder / "run.json").exists():
+        done = run.folder / "run.json"
+        if done.exists():
+            stored = json.loads(done.read_text())
+            differ = {k: (stored.get(k), v) for k, v in run.meta.items() if stored.get(k) != v}
+            if differ:  # e.g. the same folder asked for with another step count
+                raise SystemExit(f"{done} was made with other settings (stored, asked): {differ}; "
+                                 "use another --out")
             print(f"skip (done): {run.folder}", flush=True)
         else:
             pending.append(run)
