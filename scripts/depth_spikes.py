@@ -191,6 +191,7 @@ def main() -> int:
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--out", default=None, help="default outputs/spikes[_<data tag>]/<phase>")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--plot", default=None, help="default docs/results/instability_spikes_<phase>.png")
     p.add_argument("--python", default=sys.executable)
     args = p.parse_args()
     out = Path(args.out) if args.out else default_out("spikes") / args.phase
@@ -214,7 +215,8 @@ def main() -> int:
     if not results:
         print("no finished runs", file=sys.stderr)
         return 1
-    plot(results, ROOT / "docs" / "results" / f"instability_spikes_{args.phase}.png")
+    plot(results, Path(args.plot) if args.plot else
+         ROOT / "docs" / "results" / f"instability_spikes_{args.phase}.png")
     print("\n".join(run_table(results)))
     if args.phase == "compare":
         print()
