@@ -6,6 +6,8 @@
 
 Deterministic: running it again writes byte-identical files.
 Usage: python scripts/build_tokenizer.py [--out-dir tokenizer] [--vocab-size 8192]
+(another --vocab-size writes titanwarm_<n/1024>k.* instead, e.g. the 1k tokenizer of the
+instability study: --vocab-size 1024)
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def main() -> None:
     documents = corpus_documents()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    builds = (("titanwarm_8k.tiktoken", tiktoken_ranks), ("titanwarm_8k_sp.model", sentencepiece_model))
+    stem = f"titanwarm_{args.vocab_size // 1024}k" if args.vocab_size % 1024 == 0 else f"titanwarm_{args.vocab_size}"
+    builds = ((f"{stem}.tiktoken", tiktoken_ranks), (f"{stem}_sp.model", sentencepiece_model))
     for name, build in builds:
         path = out / name
         path.write_bytes(build(documents, args.vocab_size))

@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_runner import ROOT, Run, run_pending  # noqa: E402
+
 METHODS = ["baseline", "qk_norm", "qk_clip", "softcap", "archwarm", "archwarm_qk_norm"]
 LABELS = {
     "baseline": "baseline",
@@ -151,43 +149,12 @@ def train_command(method: str, lr: float, seed: int, folder: Path, python: str,
 # ----------------------------------------------------------------------------------- running
 def run_all(jobs: list[tuple[str, float, int]], out: Path, n_parallel: int, python: str,
             variant: str = "") -> None:
-    pending = []
+    runs = []
     for method, lr, seed in jobs:
         folder = run_dir(out, method, lr, seed, variant)
-        if (folder / "run.json").exists():
-            print(f"skip (done): {folder}", flush=True)
-            continue
-        pending.append((method, lr, seed, folder))
-    running: list[tuple[subprocess.Popen, tuple, float, object]] = []
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    while pending or running:
-        while pending and len(running) < n_parallel:
-            method, lr, seed, folder = pending.pop(0)
-            if folder.exists():  # a partial run from an interrupted invocation: start it over
-                for f in ("metrics.jsonl", "train.log"):
-                    (folder / f).unlink(missing_ok=True)
-            folder.mkdir(parents=True, exist_ok=True)
-            cmd = train_command(method, lr, seed, folder, python, variant)
-            log = open(folder / "train.log", "w")
-            print(f"start: {shlex.join(cmd)}", flush=True)
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            running.append((proc, (method, lr, seed, folder, cmd), time.time(), log))
-        time.sleep(2)
-        still = []
-        for proc, info, t0, log in running:
-            rc = proc.poll()
-            if rc is None:
-                still.append((proc, info, t0, log))
-                continue
-            log.close()
-            method, lr, seed, folder, cmd = info
-            elapsed = time.time() - t0
-            (folder / "run.json").write_text(json.dumps(
-                {"method": method, "lr": lr, "seed": seed, "variant": variant, "returncode": rc,
-                 "elapsed_s": elapsed,
-                 "command": "OMP_NUM_THREADS=1 " + shlex.join(cmd)}, indent=1))
-            print(f"done rc={rc} {elapsed:.0f}s: {folder}", flush=True)
-        running = still
+        runs.append(Run(folder, train_command(method, lr, seed, folder, python, variant),
+                        {"method": method, "lr": lr, "seed": seed, "variant": variant}))
+    run_pending(runs, n_parallel)
 
 
 # ---------------------------------------------------------------------------------- analysis

@@ -89,10 +89,14 @@ def test_missing_tokenizer_file_raises(tmp_path):
         load_tokenizer(str(tmp_path / "nope.model"))
 
 
-def test_build_script_reproduces_shipped_files(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tokenizer.py"), "--out-dir", str(tmp_path)],
-                   check=True, capture_output=True)
-    for shipped in (TIKTOKEN_FILE, SP_FILE):
+@pytest.mark.parametrize("vocab, files", [
+    (8192, (TIKTOKEN_FILE, SP_FILE)),
+    (1024, (ROOT / "tokenizer" / "titanwarm_1k.tiktoken", ROOT / "tokenizer" / "titanwarm_1k_sp.model")),
+])
+def test_build_script_reproduces_shipped_files(tmp_path, vocab, files):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tokenizer.py"), "--out-dir", str(tmp_path),
+                    "--vocab-size", str(vocab)], check=True, capture_output=True)
+    for shipped in files:
         assert (tmp_path / shipped.name).read_bytes() == shipped.read_bytes()
 
 

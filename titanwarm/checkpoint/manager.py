@@ -551,7 +551,8 @@ class CheckpointManager:
                           "registered; ignored", err=True)
         self._load_optimizer_state(self._unpack(skeletons["optimizer"], buffers), str(path))
         t.train_loader.load_state_dict(meta["loader"])
-        t.train_iter = iter(t.train_loader)
+        if not t.cfg.training.fixed_batch:  # full batch keeps cycling its one batch
+            t.train_iter = iter(t.train_loader)
         t.fault.load_state_dict(meta["fault"])
         _set_rng_state(rng)
         self.last_saved = path.name

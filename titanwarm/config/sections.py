@@ -38,6 +38,10 @@ class Model:
     tokenizer_path: str = "tokenizer/titanwarm_8k.tiktoken"
     """Tokenizer file: tiktoken BPE ranks (Llama 3 tokenizer.model format) or a sentencepiece
     .model; the format is detected from the file. The model's vocabulary size follows it."""
+    init: str = "default"
+    """Weight init: "default" (torchtitan's: N(0, 0.02) inner projections, depth-scaled output
+    projections, see ``Transformer.init_plan``) or "fan_in" (every linear layer N(0, 1/sqrt(fan_in)),
+    as in Wortsman et al. 2023; the embedding stays N(0, 1))."""
 
 
 @dataclass
@@ -149,6 +153,9 @@ class Training:
     """For "jsonl" and "hf": the field holding the text."""
     dataset_unit: str = "document"
     """For "text": one document per "document" (file) or per "line"."""
+    fixed_batch: bool = False
+    """Full-batch training: every optimizer step trains on the same first global batch of the
+    train split (no data noise; for edge-of-stability studies). Resuming keeps the same batch."""
     val_fraction: float = 0.02
     """Fraction of documents held out for validation (every round(1/val_fraction)-th document). For
     "tokens", the held-out split chosen at pretokenize time is used instead; foreign .npy/.bin shards

@@ -19,6 +19,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 # "section.key" -> allowed values (registry-backed names are checked after custom_import).
 CHOICES: dict[str, tuple[str, ...]] = {
+    "model.init": ("default", "fan_in"),
     "optimizer.implementation": ("auto", "fused", "foreach", "for-loop"),
     "training.dataset_unit": ("document", "line"),
     "training.device": ("auto", "cpu", "cuda"),

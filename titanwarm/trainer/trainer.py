@@ -11,6 +11,7 @@ Seams for the research features, so they plug in without editing the loop:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from typing import Callable
@@ -79,7 +80,8 @@ class Trainer:
         self.grad_accum = self.global_batch // (t.local_batch_size * dp_world)
         self.train_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "train")
         self.val_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "val")
-        self.train_iter = iter(self.train_loader)
+        self.train_iter = (itertools.cycle(list(self.train_loader.batches(self.grad_accum)))
+                           if t.fixed_batch else iter(self.train_loader))  # full batch: same data every step
 
         self.metrics = MetricsLogger(cfg.job.dump_folder, self.rank == 0,
                                      cfg.metrics.enable_tensorboard, cfg.metrics.console)

@@ -48,6 +48,9 @@ class ModelArgs:
     """Share one matrix between the token embedding and the output projection."""
     depth_init: bool = True
     """Scale the init of each block's output projections by its depth (see ``Transformer.init_plan``)."""
+    init: str = "default"
+    """"default" (torchtitan's std-0.02 rule) or "fan_in" (N(0, 1/sqrt(fan_in)) for every linear
+    layer); see ``Transformer.init_plan``."""
     qk_norm: bool = False
     """Stabiliser: learnable RMSNorm over head_dim on each query and key head, before RoPE."""
     attn_softcap: float = 0.0
@@ -90,6 +93,8 @@ class ModelArgs:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.init not in ("default", "fan_in"):
+            raise ValueError(f'init must be "default" or "fan_in", got {self.init!r}')
         if self.attn_impl not in ("auto", "sdpa", "eager"):
             raise ValueError(f'attn_impl must be "auto", "sdpa" or "eager", got {self.attn_impl!r}')
         if self.attn_impl == "sdpa" and (self.attn_softcap > 0 or self.record_max_logit):
@@ -101,9 +106,9 @@ _LLAMA_3_1_SCALING = RopeScaling(enabled=True, scale_factor=8.0)
 _LLAMA_3_2_SCALING = RopeScaling(enabled=True, scale_factor=32.0)
 
 
-def _depth(n_layers: int) -> ModelArgs:
-    """CPU depth-study preset: fixed width (dim 128, 4 heads, 2 KV heads), varying depth."""
-    return ModelArgs(dim=128, n_layers=n_layers, n_heads=4, n_kv_heads=2, multiple_of=64,
+def _depth(n_layers: int, dim: int = 128) -> ModelArgs:
+    """CPU depth-study preset: fixed width (4 heads, 2 KV heads), varying depth."""
+    return ModelArgs(dim=dim, n_layers=n_layers, n_heads=4, n_kv_heads=2, multiple_of=dim // 2,
                      max_seq_len=1024)
 
 
@@ -116,6 +121,10 @@ FLAVORS: dict[str, ModelArgs] = {
     "depth8": _depth(8),
     "depth16": _depth(16),
     "depth32": _depth(32),
+    # width 64 (the full-batch edge-of-stability study, scripts/edge_of_stability.py)
+    "w64_depth4": _depth(4, dim=64),
+    "w64_depth8": _depth(8, dim=64),
+    "w64_depth16": _depth(16, dim=64),
     # Llama 3.2 1B
     "1B": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim_multiplier=1.5,
                     multiple_of=256, rope_scaling=_LLAMA_3_2_SCALING, max_seq_len=131072,

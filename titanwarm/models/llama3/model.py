@@ -194,6 +194,9 @@ class Transformer(nn.Module):
         embedding is N(0, 1); the output projection is N(0, dim^-0.5) so that the first logits have
         unit scale. A tied embedding/output matrix takes the output rule. Every normal is truncated
         at +-3 std, except the untied embedding.
+
+        With ``init = "fan_in"`` every linear layer (the output projection included) is instead
+        N(0, 1/sqrt(fan_in)), truncated at +-3 std, with no depth scaling (Wortsman et al. 2023).
         """
         a = self.args
         plan: dict[str, InitRule] = {
@@ -207,10 +210,14 @@ class Transformer(nn.Module):
             depth = int(key) + 1 if a.depth_init else a.n_layers
             small = InitRule("trunc_normal", 0.02 / math.sqrt(2 * depth))
             base = InitRule("trunc_normal", 0.02)
+            if a.init == "fan_in":
+                base = small = InitRule("trunc_normal", a.dim ** -0.5)
             rules = {"attention_norm.weight": InitRule("ones"), "ffn_norm.weight": InitRule("ones"),
                      "attention.wq.weight": base, "attention.wk.weight": base,
                      "attention.wv.weight": base, "attention.wo.weight": small,
-                     "feed_forward.w1.weight": base, "feed_forward.w2.weight": small,
+                     "feed_forward.w1.weight": base,
+                     "feed_forward.w2.weight": (InitRule("trunc_normal", a.ffn_hidden_dim ** -0.5)
+                                                if a.init == "fan_in" else small),
                      "feed_forward.w3.weight": small}
             if a.qk_norm:
                 rules.update({"attention.q_norm.weight": InitRule("ones"),

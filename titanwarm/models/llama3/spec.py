@@ -33,7 +33,7 @@ class ModelSpec:
             raise KeyError(f"unknown {self.name} flavor {cfg.model.flavor!r}; "
                            f"known: {', '.join(self.flavors)}")
         args = dataclasses.replace(self.flavors[cfg.model.flavor], vocab_size=vocab_size,
-                                   max_seq_len=cfg.training.seq_len,
+                                   max_seq_len=cfg.training.seq_len, init=cfg.model.init,
                                    **cfg.stabilizers.model_overrides())  # QK-Norm, soft-caps, QK-Clip
         with torch.device("meta"):
             return self.cls(args)

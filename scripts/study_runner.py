@@ -1,0 +1,126 @@
+"""Run a study's training runs as child processes, ``n_parallel`` at a time, resumably.
+
+Shared by the study scripts (``reproduce_stability.py``, ``edge_of_stability.py``,
+``lr_sensitivity.py``): each run is a folder plus a command; a folder holding ``run.json`` is done
+and skipped, a folder without it (an interrupted run) is started over. ``run.json`` records the
+run's metadata, return code, wall time, CPU time (user + system, from ``wait4``: comparable between
+runs on a shared machine, unlike wall time) and the exact command. Children run single-threaded
+(OMP_NUM_THREADS=1), optionally under ``nice``. Also the small helpers the study reports share
+(reading metrics, formatting times, matplotlib without a display).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    folder: Path
+    """Output folder (the child's job.dump_folder); ``run.json`` is written here when it ends."""
+    command: list[str]
+    """The child command, run from the repository root."""
+    meta: dict = field(default_factory=dict)
+    """Copied into ``run.json`` (method, lr, seed, ...)."""
+
+
+def run_pending(runs: list[Run], n_parallel: int, nice: int = 0,
+                clear: tuple[str, ...] = ("metrics.jsonl", "train.log")) -> None:
+    """Run every run whose folder has no ``run.json``, ``n_parallel`` at a time; files in ``clear``
+    left by an interrupted attempt are removed first. Child output goes to ``train.log``. A finished
+    run whose stored metadata differs from ``run.meta`` stops everything (exit message)."""
+    pending = []
+    for run in runs:
+        done = run.folder / "run.json"
+        if done.exists():
+            stored = json.loads(done.read_text())
+            differ = {k: (stored.get(k), v) for k, v in run.meta.items() if stored.get(k) != v}
+            if differ:  # e.g. the same folder asked for with another step count
+                raise SystemExit(f"{done} was made with other settings (stored, asked): {differ}; "
+                                 "use another --out")
+            print(f"skip (done): {run.folder}", flush=True)
+        else:
+            pending.append(run)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    prefix = ["nice", "-n", str(nice)] if nice else []
+    running: list[tuple[subprocess.Popen, Run, float, object]] = []
+    while pending or running:
+        while pending and len(running) < n_parallel:
+            run = pending.pop(0)
+            for name in clear:
+                (run.folder / name).unlink(missing_ok=True)
+            run.folder.mkdir(parents=True, exist_ok=True)
+            log = open(run.folder / "train.log", "w")
+            print(f"start: {shlex.join(run.command)}", flush=True)
+            proc = subprocess.Popen(prefix + run.command, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+            running.append((proc, run, time.time(), log))
+        time.sleep(2)
+        still = []
+        for proc, run, t0, log in running:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # rusage: the child's CPU time
+            if pid == 0:
+                still.append((proc, run, t0, log))
+                continue
+            rc = proc.returncode = os.waitstatus_to_exitcode(status)
+            log.close()
+            elapsed = time.time() - t0
+            (run.folder / "run.json").write_text(json.dumps(
+                {**run.meta, "returncode": rc, "elapsed_s": elapsed,
+                 "cpu_s": usage.ru_utime + usage.ru_stime,
+                 "command": "OMP_NUM_THREADS=1 " + shlex.join(run.command)}, indent=1))
+            print(f"done rc={rc} {elapsed:.0f}s: {run.folder}", flush=True)
+        running = still
+
+
+def read_records(folder: Path, kind: str = "step") -> list[dict]:
+    """The ``kind`` records of ``folder/metrics.jsonl`` (non-finite numbers as written: NaN/inf)."""
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == kind]
+
+
+def relative(path: Path) -> str:
+    """``path`` relative to the repository root when inside it (for commands and dump folders)."""
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def minutes(meta: dict) -> str:
+    """"wall / CPU min" of a finished run (CPU time is missing for runs recorded before it was)."""
+    if meta.get("elapsed_s") is None:
+        return "running"
+    cpu = meta.get("cpu_s")
+    return f"{meta['elapsed_s'] / 60:.1f} / {cpu / 60:.1f} min" if cpu is not None else f"{meta['elapsed_s'] / 60:.1f} min / n/a"
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    print(f"wrote {relative(path)}", file=sys.stderr)

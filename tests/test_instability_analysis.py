@@ -1,0 +1,61 @@
+"""The instability study's analysis rules (scripts/depth_spikes.py, scripts/lr_sensitivity.py,
+scripts/edge_of_stability.py) on hand-made series with known answers."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from depth_spikes import coincidence, overshoot_events, spikes  # noqa: E402
+from lr_sensitivity import sensitivity  # noqa: E402
+
+
+def probes(values: list[float], every: int = 5) -> list[dict]:
+    return [{"step": every * (i + 1), "probe_loss": v} for i, v in enumerate(values)]
+
+
+def test_spike_rule_floor_mad_and_nonfinite():
+    base = [3.0 + 0.01 * (i % 3) for i in range(30)]  # MAD 0.01: the 0.1-nat floor decides
+    assert spikes(probes(base), window=20) == []
+    assert spikes(probes(base[:10] + [3.2] + base[10:]), window=20) == [55]
+    assert spikes(probes(base[:10] + [3.08] + base[10:]), window=20) == []  # below the floor
+    noisy = [3.0 + 0.1 * (-1) ** i for i in range(30)]  # MAD 0.1: 5 MAD = 0.5 decides
+    assert spikes(probes(noisy[:10] + [3.4] + noisy[10:]), window=20) == []
+    assert spikes(probes(noisy[:10] + [3.8] + noisy[10:]), window=20) == [55]
+    assert spikes(probes([5.0, 2.0, float("nan")]), window=20) == [15]  # < 5 history: only NaN
+
+
+def test_overshoot_events_need_two_tracked_steps_over_the_bias_corrected_threshold():
+    def rec(step, ratio):  # ratio to the *uncorrected* 38
+        return {"step": step, "lr_lambda": 38.0 * ratio}
+    # step 1: threshold 38 (1 - 0.9) = 3.8, so ratio 0.2 is already over it
+    records = [rec(1, 0.2), rec(2, 0.25), rec(50, 0.5), rec(60, 1.2), rec(70, 0.9), rec(80, 1.1),
+               rec(90, 1.05), rec(100, 1.3), rec(110, 0.5), {"step": 115, "loss": 1.0}]
+    events, tracked = overshoot_events(records)
+    assert events == [1, 80]  # step 60 is a single crossing, not sustained
+    assert tracked == [1, 2, 50, 60, 70, 80, 90, 100, 110]
+
+
+def test_coincidence_hits_precision_and_null():
+    tracked = list(range(5, 1001, 5))
+    events = [100, 300, 500, 700, 900]
+    run = {"spikes": [e + 5 for e in events], "events": events, "tracked": tracked}
+    c = coincidence([run], lag=10, shuffles=200)
+    assert (c["spikes"], c["events"], c["hits"]) == (5, 5, 5)
+    assert c["hit_rate"] == 1.0 and c["precision"] == 1.0
+    assert c["null_mean"] < 0.3 and c["p"] < 0.05
+    late = {"spikes": [e + 20 for e in events], "events": events, "tracked": tracked}
+    assert coincidence([late], lag=10, shuffles=10)["hit_rate"] == 0.0
+    assert math.isnan(coincidence([{"spikes": [], "events": events, "tracked": tracked}], 10, 5)["hit_rate"])
+
+
+def test_lr_sensitivity_metric():
+    # Wortsman et al.: mean over the grid of min(loss, loss at init) - best; diverged = init
+    assert sensitivity([3.0, 2.5, 2.0, 6.0], init=5.0) == pytest.approx((3.0 + 2.5 + 2.0 + 5.0) / 4 - 2.0)
+    assert sensitivity([2.0, 2.0, math.inf], init=4.0) == pytest.approx((2 + 2 + 4) / 3 - 2.0)
+    assert sensitivity([2.0, 2.0], init=4.0) == 0.0
