@@ -8,8 +8,8 @@ its ``ARMS``), with the curvature tracker and the mechanism probe every ``--ever
    where L=16 spikes or diverges during or right after LR warm-up and L=8 does not (the paper's
    depth ablation); the report prints both depths' spikes per LR.
 2. ``--phase compare --lr X``: every arm at that LR, depth 16, ``--seeds`` (>= 3; 5 near the
-   boundary), each arm seeing the same data order per seed (the seeded shuffle: see DATA_OVERRIDES
-   in lr_sensitivity.py; until it lands the order is fixed and identical for every seed).
+   boundary), each arm seeing the same data order per seed (the seeded shuffle, ``DATA_OVERRIDES`` in
+   lr_sensitivity.py: shuffle_seed = the run's seed).
 
 **Spike rule** (on ``probe_loss``, the loss on one fixed held-out batch, so the data order cannot
 make a spike): a probe value v_i is a spike when it is non-finite or
@@ -24,7 +24,7 @@ by a spike within the lag / events. The null shifts each run's event train circu
 offset (``--shuffles`` draws, same offset for all events of a run); p = share of draws with a
 pooled hit rate >= the observed one.
 
-Runs go to ``outputs/spikes/<phase>/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
+Runs go to ``outputs/spikes_shuf/<phase>/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
 
     .venv/bin/python scripts/depth_spikes.py --phase calibrate --jobs 2 --nice 15
     .venv/bin/python scripts/depth_spikes.py --phase compare --lr 1e-1 --seeds 0 1 2 --jobs 2 --nice 15

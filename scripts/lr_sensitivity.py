@@ -26,9 +26,10 @@ run. Usage:
     .venv/bin/python scripts/lr_sensitivity.py --arms baseline --depths 8 --lrs 1e-2 --steps 20 \\
         --out /tmp/lrs_probe                                                        # timing probe
 
-**Data order.** Until the seeded shuffle of the token-shards issue lands, the loader reads the
-corpus in order, so every run sees the same batches. After it lands, put its key into
-``DATA_OVERRIDES`` and a tag into ``DATA_TAG`` (runs then go to ``outputs/lrs_<tag>``).
+**Data order.** Runs draw the built-in corpus in a seeded shuffled order (``[training] shuffle``),
+seeded by the run's seed (``shuffle_seed`` = ``job.seed``), so every arm sees the same data order for
+a given seed and data-driven loss jumps differ between seeds. Shuffled runs go to
+``outputs/lrs_shuf`` (``DATA_TAG``), apart from the in-order runs made before the shuffle existed.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, rela
                           run_pending, save_figure)
 
 CONFIG = "train_configs/repro/lr_sensitivity.toml"
-DATA_OVERRIDES: list[str] = []  # e.g. ["--training.<shuffle key>", "true"] once the shuffle lands
-DATA_TAG = ""  # e.g. "shuf": the shuffled runs get their own output folder
+DATA_OVERRIDES: list[str] = ["--training.shuffle", "true"]  # shuffle_seed follows the run's seed
+DATA_TAG = "shuf"  # the shuffled runs get their own output folder
 LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 DEPTHS = [8, 16]
 BETA2S = [0.95, 0.999]
@@ -93,7 +94,7 @@ def make_run(out: Path, python: str, arm: str, depth: int, beta2: float, lr: flo
     cmd = [python, "scripts/instability_probe.py", "--probe-every", str(probe_every), "--",
            "--config", CONFIG, *ARMS[arm](steps), *DATA_OVERRIDES, *extra,
            "--model.flavor", f"depth{depth}", "--optimizer.beta2", repr(beta2), "--optimizer.lr", repr(lr),
-           "--job.seed", str(seed), "--training.steps", str(steps),
+           "--job.seed", str(seed), "--training.shuffle_seed", str(seed), "--training.steps", str(steps),
            "--lr_scheduler.warmup_steps", str(max(1, steps // 20)), "--job.dump_folder", relative(folder)]
     return Run(folder, cmd, {"arm": arm, "depth": depth, "beta2": beta2, "lr": lr, "seed": seed,
                              "steps": steps, "data": DATA_TAG or "in order"})
