@@ -14,9 +14,9 @@ with zeros on them (the previous eigenvector restricted to the old block is stil
 we have; the solver fills the new block in), and entries of parameters that left are dropped.
 
 **Warm start.** Each solve starts from the previous step's vector. For ``G = D H D`` with
-``D = P^-1/2`` (``P`` from Adam's second moment, see ``preconditioner.py``), the vector is first
-transported by ``P_new^1/2 P_old^-1/2`` and renormalised, which is exact if H is unchanged and
-only P moved. ``warm_start=False`` starts every solve from a fresh random vector (seeded by
+``D = P^-1/2`` (``P`` from Adam's second moment, see ``preconditioner.py``) the tracker stores
+``z = D u`` and starts from ``D_new^-1 z`` (normalised): the transport ``P_new^1/2 P_old^-1/2 u``,
+exact if H is unchanged and only P moved, with one stored vector and no stored P. ``warm_start=False`` starts every solve from a fresh random vector (seeded by
 ``seed`` and the call count). The very first start vector is random, deterministic and identical
 whatever the parallel layout (``vectors.random_like_params``).
 
@@ -25,10 +25,13 @@ whatever the parallel layout (``vectors.random_like_params``).
 ``ratio = lr λ / threshold``; ``ratio >= 1`` means the step size exceeds the local stability
 limit. Estimates are Rayleigh quotients (biased low); check ``residual``.
 
-**HVP method.** ``"autograd"`` (exact, double backward), ``"finite_difference"`` or ``"auto"``:
-autograd, falling back to finite differences for the rest of the run when the double backward
-raises (e.g. an attention kernel without double backward that ignores ``sdpa_kernel``, or
-re-entrant activation checkpointing). See ``hvp.py``.
+**HVP method.** ``"autograd"`` (exact, double backward through the eager modules),
+``"finite_difference"`` or ``"auto"``: autograd, falling back to finite differences for the rest
+of the run when the double backward fails on any rank (never in 16-bit compute or after an OOM:
+then the step is skipped). See ``hvp.py``.
+
+**Collective decisions.** Every skip and fallback is agreed by all ranks (``agreement.py``):
+``step`` returns None on every rank together, with the reason in ``last_skip``.
 """
 
 from __future__ import annotations
