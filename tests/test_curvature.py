@@ -506,3 +506,25 @@ def test_finite_differences_refused_in_16_bit_compute() -> None:
     tracker = CurvatureTracker(model, opt, hvp="finite_difference", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="16-bit"):
         tracker.step(lm_loss, batch)
+
+
+def test_eigenvector_mass_per_block_sums_to_one() -> None:
+    """``last_mass``: the squared mass of the returned unit eigenvector of H per parameter group
+    equals the dense top eigenvector's (converged solve), and sums to 1."""
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    tr = CurvatureTracker(model, opt, method="lanczos", max_hvps=80, tol=1e-10,
+                          preconditioned=False, hvp="autograd")
+    tr.step(lm_loss, batch)
+    names, params = tr.tracked()
+    top = torch.linalg.eigh(dense_hessian(model, batch, strip(names))).eigenvectors[:, -1]
+    sizes = [p.numel() for p in params]
+    expected: dict[str, float] = {}
+    from titanwarm.curvature.tracker import mass_group
+
+    for n, chunk in zip(names, torch.split(top, sizes)):
+        expected[mass_group(n)] = expected.get(mass_group(n), 0.0) + float(chunk.pow(2).sum())
+    assert sum(tr.last_mass.values()) == pytest.approx(1.0, rel=1e-9)
+    assert tr.last_mass.keys() == expected.keys()
+    for k, v in expected.items():
+        assert tr.last_mass[k] == pytest.approx(v, abs=1e-5)

@@ -225,7 +225,7 @@ class CurvatureTracker:
                     return out
 
                 res_g = self._solve(g_op, u0, agree)
-                mass_vector = res_g.vector
+                mass = mass_by_group(names, res_g.vector, agree)
                 torch._foreach_mul_(V.local(res_g.vector), V.local(diag))  # store z = D u
                 del diag
             if self.track_h or not self.preconditioned:
@@ -236,8 +236,7 @@ class CurvatureTracker:
 
                 res_h = self._solve(h_op, self._start("h", names, params, None), agree)
                 if res_g is None:
-                    mass_vector = res_h.vector
-            mass = mass_by_group(names, mass_vector, agree)
+                    mass = mass_by_group(names, res_h.vector, agree)
         finally:
             op.release()
         self.last_extra_bytes = meter.peak
