@@ -49,8 +49,8 @@ class Recorder:
 
     def __call__(self, x):
         y = self.op(x)
-        self.ins.append(x)
-        self.outs.append(y)
+        self.ins.append(V.clone(x))  # copies: the solvers update their vectors in place
+        self.outs.append(V.clone(y))
         return y
 
     def prefix_estimates(self, method: str) -> list[float]:
