@@ -206,13 +206,14 @@ def test_residual_reported_and_biased_low() -> None:
 
 # ---------------------------------------------------------------- warm start and transport
 
-def test_transport_is_sqrt_p_new_over_p_old() -> None:
-    u = [torch.tensor([1.0, 2.0, 3.0], dtype=DT), torch.tensor([[4.0]], dtype=DT)]
-    p_old = [torch.tensor([1.0, 4.0, 9.0], dtype=DT), None]
-    p_new = [torch.tensor([4.0, 1.0, 9.0], dtype=DT), torch.tensor([[16.0]], dtype=DT)]
-    out = transport(u, p_old, p_new)
-    torch.testing.assert_close(out[0], torch.tensor([2.0, 1.0, 3.0], dtype=DT))
-    torch.testing.assert_close(out[1], u[1])  # no old P: unchanged
+def test_transport_is_stored_z_over_new_diagonal() -> None:
+    """The stored z = D_old u maps to D_new^-1 z; zero entries (new parameters) stay zero."""
+    z = [torch.tensor([1.0, 2.0, 3.0], dtype=DT), torch.zeros(1, 1, dtype=DT)]
+    d_new = [torch.tensor([0.5, 4.0, 1.0], dtype=DT), torch.tensor([[0.25]], dtype=DT)]
+    out = transport(z, d_new)
+    torch.testing.assert_close(out[0], torch.tensor([2.0, 0.5, 3.0], dtype=DT))
+    torch.testing.assert_close(out[1], z[1])
+    assert out[0] is not z[0]  # the stored vector is not modified
 
 
 def test_transport_exact_when_only_p_changes() -> None:
@@ -225,12 +226,13 @@ def test_transport_exact_when_only_p_changes() -> None:
     p_new = 3.0 * p_old
     d_old, d_new = p_old.rsqrt(), p_new.rsqrt()
     top = torch.linalg.eigh(d_old[:, None] * h * d_old[None, :]).eigenvectors[:, -1]
-    u = V.normalize(transport([top], [p_old], [p_new]))[0]
+    moved = transport([d_old * top], [d_new])[0]  # stored z = D_old u, mapped by D_new^-1
+    u = moved / moved.norm()
     g_new = d_new[:, None] * h * d_new[None, :]
     assert float(u @ g_new @ u) == pytest.approx(torch.linalg.eigvalsh(g_new).max().item(),
                                                  rel=1e-12)
-    # the θ-space direction D u is preserved by transport: D_new u_new ∝ D_old u_old
-    torch.testing.assert_close(d_new * transport([top], [p_old], [p_new])[0], d_old * top)
+    # the θ-space direction D u is preserved by transport: D_new u_new = D_old u_old
+    torch.testing.assert_close(d_new * moved, d_old * top)
 
 
 def test_warm_start_beats_cold_start() -> None:
@@ -363,7 +365,7 @@ def test_frozen_and_unheld_params_excluded_then_vector_grows() -> None:
     start = tr._start("h", *tr.tracked(), None)
     names2, _ = tr.tracked()
     new = names2.index("parts.0.head.weight")
-    assert torch.count_nonzero(start[new]) == 0 and V.norm(start) > 0
+    assert torch.count_nonzero(start[new]) == 0 and sum(float(x.norm()) for x in start) > 0
     est2 = tr.step(lm_loss, batch)
     exact2 = torch.linalg.eigvalsh(dense_hessian(model, batch, strip(names2))).max().item()
     assert est2.lambda_max == pytest.approx(exact2, rel=1e-3)
@@ -406,6 +408,123 @@ def test_power_reports_the_largest_rayleigh_quotient_seen() -> None:
     first = float((u0[0] * diag * u0[0]).sum() / (u0[0] @ u0[0]))
     res = power_iteration(op, u0, max_hvps=2, tol=0.0)
     assert 0 < first <= 2.0 and res.eigenvalue == pytest.approx(first)
-    u = V.normalize(u0)
-    second = V.normalize([diag * u[0]])
-    assert float(second[0] @ (diag * second[0])) < 0  # the last iterate's quotient is negative
+    second = diag * u0[0] / (diag * u0[0]).norm()
+    assert float(second @ (diag * second)) < 0  # the last iterate's quotient is negative
+
+
+def test_sub_batch_hvp_is_the_sub_batch_loss_hvp() -> None:
+    """[curvature] batch_size: the HVP on the first k sequences is the Hessian of their mean loss
+    (dense reference) times x, not the full batch's."""
+    from titanwarm.curvature.hvp import sub_batch
+
+    model, batch = make_model()
+    module = LossModule([model])
+    names = [n for n, _ in module.named_parameters()]
+    small = sub_batch(batch, 2)
+    assert small[0].shape[0] == 2 and sub_batch(batch, 0) is batch
+    fn = SubstitutedLoss(module, names, lm_loss, small)
+    x = V.random_like_params(fn.params, names, seed=3)
+    ref = dense_hessian(model, small, strip(names)) @ flat(x)
+    torch.testing.assert_close(flat(AutogradHVP(fn)(x)), ref, rtol=1e-9, atol=1e-9)
+    full = dense_hessian(model, batch, strip(names)) @ flat(x)
+    assert (full - ref).norm() > 1e-3 * ref.norm()
+
+
+def _llama(record_max_logit: bool = False) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    import dataclasses
+
+    from titanwarm.models.llama3 import FLAVORS, Transformer
+
+    args = dataclasses.replace(FLAVORS["tinymodel"], vocab_size=32, max_seq_len=16,
+                               record_max_logit=record_max_logit)
+    torch.manual_seed(0)
+    model = Transformer(args)
+    model.init_weights(0)
+    tokens = torch.randint(0, 32, (4, 17), generator=torch.Generator().manual_seed(1))
+    return model, (tokens[:, :-1], tokens[:, 1:])
+
+
+def test_compiled_blocks_keep_autograd_hvps() -> None:
+    """Inductor-compiled blocks (whose double backward raises): the tracker runs the eager
+    modules for its passes, so the HVP stays autograd and λ equals the uncompiled model's; the
+    training forward stays compiled."""
+    import copy
+
+    model, batch = _llama()
+    eager = copy.deepcopy(model)
+    for block in model.layers.values():
+        block.compile(backend="inductor", fullgraph=True)
+    opts = []
+    for m in (model, eager):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        opt.zero_grad()
+        lm_loss([m], batch).backward()
+        opt.step()
+        opts.append(opt)
+    lams = []
+    for m, opt in zip((model, eager), opts):
+        tracker = CurvatureTracker(m, opt, method="lanczos", max_hvps=6, tol=0.0, hvp="auto",
+                                   track_h=True)
+        est = tracker.step(lm_loss, batch)
+        assert est.hvp == "autograd"
+        lams.append((est.lambda_max, est.lambda_max_h))
+    assert lams[0][0] == pytest.approx(lams[1][0], rel=1e-4)
+    assert lams[0][1] == pytest.approx(lams[1][1], rel=1e-4)
+    assert all(b._compiled_call_impl is not None for b in model.layers.values())
+
+
+def test_tracker_passes_do_not_record_max_logits() -> None:
+    """QK-Clip's per-head max logits come from training forwards only, not the tracker's."""
+    model, batch = _llama(record_max_logit=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    lm_loss([model], batch).backward()
+    opt.step()
+    attn = [b.attention for b in model.layers.values()]
+    seen = [a.max_logit.clone() for a in attn]
+    for a in attn:
+        a.max_logit = a.max_logit * 0 - 1.0  # a value no real forward could leave
+    CurvatureTracker(model, opt, max_hvps=3, hvp="autograd").step(lm_loss, batch)
+    assert all(torch.equal(a.max_logit, torch.full_like(s, -1.0)) for a, s in zip(attn, seen))
+    assert all(a.record_max_logit for a in attn)  # restored
+
+
+def test_finite_differences_refused_in_16_bit_compute() -> None:
+    from titanwarm.config.sections import JobConfig
+
+    cfg = JobConfig()
+    cfg.training.mixed_precision_param = "bfloat16"
+    c = Curvature(enabled=True, hvp="finite_difference", dtype="param")
+    assert [k for k, _ in c.problems(cfg)] == ["hvp"]
+    assert Curvature(enabled=True, hvp="finite_difference", dtype="float32").problems(cfg) == []
+    cfg.training.mixed_precision_param = "float32"
+    assert c.problems(cfg) == []
+    # and the tracker never falls back to (or runs) them there
+    model, batch = _llama()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    lm_loss([model], batch).backward()
+    opt.step()
+    tracker = CurvatureTracker(model, opt, hvp="finite_difference", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="16-bit"):
+        tracker.step(lm_loss, batch)
+
+
+def test_eigenvector_mass_per_block_sums_to_one() -> None:
+    """``last_mass``: the squared mass of the returned unit eigenvector of H per parameter group
+    equals the dense top eigenvector's (converged solve), and sums to 1."""
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    tr = CurvatureTracker(model, opt, method="lanczos", max_hvps=80, tol=1e-10,
+                          preconditioned=False, hvp="autograd")
+    tr.step(lm_loss, batch)
+    names, params = tr.tracked()
+    top = torch.linalg.eigh(dense_hessian(model, batch, strip(names))).eigenvectors[:, -1]
+    sizes = [p.numel() for p in params]
+    expected: dict[str, float] = {}
+    from titanwarm.curvature.tracker import mass_group
+
+    for n, chunk in zip(names, torch.split(top, sizes)):
+        expected[mass_group(n)] = expected.get(mass_group(n), 0.0) + float(chunk.pow(2).sum())
+    assert sum(tr.last_mass.values()) == pytest.approx(1.0, rel=1e-9)
+    assert tr.last_mass.keys() == expected.keys()
+    for k, v in expected.items():
+        assert tr.last_mass[k] == pytest.approx(v, abs=1e-5)

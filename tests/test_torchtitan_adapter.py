@@ -213,12 +213,9 @@ def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
     assert all(p.requires_grad for p in model2.parameters())
     loaded = adapter2.tracker.state_dict()
     assert loaded["hvp"] == saved_tracker["hvp"] and loaded["calls"] == saved_tracker["calls"]
-    assert loaded["shift"] == pytest.approx(saved_tracker["shift"])
     assert set(loaded["vectors"]["g"]) == set(saved_tracker["vectors"]["g"])
     for n, v in saved_tracker["vectors"]["g"].items():
         assert torch.equal(loaded["vectors"]["g"][n], v)
-    for n, v in saved_tracker["precond"].items():
-        assert torch.equal(loaded["precond"][n], v)
     inner2 = optimizers2.optimizers[0]
     assert all(float(s["step"]) > 0 for s in inner2.state.values())
     assert layers["5"].feed_forward.w2.weight in optimizers.optimizers[0].state

@@ -164,9 +164,10 @@ class Training:
     """Gradient-norm clipping threshold over all parameters (0 disables clipping)."""
     device: str = "auto"
     """"auto" (CUDA when available, else CPU), "cpu" or "cuda"."""
-    mixed_precision_param: str = "bfloat16"
-    """Parameter/compute dtype on CUDA ("bfloat16", "float16" or "float32"); CPU always computes
-    in float32."""
+    mixed_precision_param: str = "auto"
+    """Compute dtype of the forward/backward ("bfloat16", "float16", "float32"; FSDP2's
+    param_dtype, or autocast on one device). "auto": bfloat16 on CUDA, float32 on CPU. An explicit
+    value is honoured on every device (CPU/gloo runs bf16 FSDP2 too)."""
     mixed_precision_reduce: str = "float32"
     """Gradient reduction dtype under FSDP2 ("float32" or "bfloat16")."""
     deterministic: bool = False

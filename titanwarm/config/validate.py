@@ -23,7 +23,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer.implementation": ("auto", "fused", "foreach", "for-loop"),
     "training.dataset_unit": ("document", "line"),
     "training.device": ("auto", "cpu", "cuda"),
-    "training.mixed_precision_param": DTYPES,
+    "training.mixed_precision_param": ("auto", *DTYPES),
     "training.mixed_precision_reduce": ("float32", "bfloat16"),
     "parallelism.fsdp_reshard_after_forward": ("default", "always", "never"),
     "activation_checkpoint.mode": ("none", "full", "selective"),

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass
 class Curvature:
     enabled: bool = False
     """Track λmax of Adam's preconditioned Hessian (and optionally of the Hessian)."""
     interval: int = 100
-    """Track every N optimizer steps (after the optimizer step). A tracked step costs about 14.5
-    forward+backward passes at max_hvps = 5 (scripts/bench_tracker.py), so the overhead is roughly
-    14.5 / interval of the training time."""
+    """Track every N optimizer steps (after the optimizer step). The cost of a tracked step is
+    measured by scripts/bench_tracker.py (docs/curvature.md)."""
     method: str = "lanczos"
     """Eigen-solver: "lanczos" (default: warm-started Krylov solve; scripts/curvature_accuracy.py
     measured 3.6% median error at 5 HVPs on a depth8 Llama, where G's negative eigenvalues dwarf
@@ -28,13 +29,24 @@ class Curvature:
     """Start each solve from the previous step's eigenvector (transported by P_new^1/2 P_old^-1/2
     for G); False starts from a fresh random vector."""
     hvp: str = "auto"
-    """Hessian-vector product: "autograd" (exact double backward), "finite_difference" (central
-    difference of two gradients) or "auto" (autograd, finite differences if that fails)."""
+    """Hessian-vector product: "autograd" (exact double backward through the eager modules, also
+    when blocks are compiled), "finite_difference" (central difference of two gradients; refused
+    with 16-bit compute) or "auto" (autograd; finite differences if that fails, except in 16-bit
+    compute or after an out-of-memory error, where the measurement is skipped)."""
     batch: str = "train"
     """Batch the curvature is measured on: "train" (the current training batch) or "fixed" (one
     tracking batch drawn once at the start)."""
     track_h: bool = False
     """Also track λmax of the plain Hessian H (a second solve, another max_hvps HVPs)."""
+    dtype: str = "float32"
+    """Compute dtype of the HVP passes: "float32" (exact up to fp32 rounding whatever
+    ``[training] mixed_precision_param`` is; the FSDP all-gather of the tracked parameters is then
+    in float32) or "param" (the training compute dtype, e.g. bf16: half the gathered bytes, and
+    the curvature of the network as it is run, with bf16 rounding in every HVP)."""
+    batch_size: int = 2
+    """Sequences per rank the HVPs use (the first ``batch_size`` of the curvature batch; 0 = the
+    whole local batch). Cost and activation memory scale with it; a smaller batch measures a
+    noisier per-minibatch λ (docs/curvature.md)."""
 
     def problems(self, cfg) -> list[tuple[str, str]]:
         """Load-time checks: (key, why) for every bad value."""
@@ -46,6 +58,26 @@ class Curvature:
             ("hvp", self.hvp in ("auto", "autograd", "finite_difference"),
              '"auto", "autograd" or "finite_difference"'),
             ("batch", self.batch in ("train", "fixed"), '"train" or "fixed"'),
+            ("dtype", self.dtype in ("float32", "param"), '"float32" or "param"'),
+            ("batch_size", self.batch_size >= 0, "an integer >= 0 (0 = the whole local batch)"),
         ]
-        return [(key, f"{getattr(self, key)!r} is not allowed; allowed: {what}")
-                for key, ok, what in checks if not ok]
+        found = [(key, f"{getattr(self, key)!r} is not allowed; allowed: {what}")
+                 for key, ok, what in checks if not ok]
+        if self.enabled and self.hvp == "finite_difference" and self.dtype == "param":
+            from titanwarm.distributed.init import resolve_device, resolve_param_dtype
+
+            compute = resolve_param_dtype(cfg.training.mixed_precision_param,
+                                          resolve_device(cfg.training.device))
+            if compute in (torch.bfloat16, torch.float16):
+                found.append(("hvp", f'"finite_difference" with {compute} compute measures '
+                                     'rounding noise; use "autograd"/"auto" or dtype = "float32"'))
+        return found
+
+    def hvp_dtype(self, cfg) -> torch.dtype:
+        """The compute dtype of the tracker's passes for this job."""
+        if self.dtype == "float32":
+            return torch.float32
+        from titanwarm.distributed.init import resolve_device, resolve_param_dtype
+
+        return resolve_param_dtype(cfg.training.mixed_precision_param,
+                                   resolve_device(cfg.training.device))

@@ -2,24 +2,27 @@
 
 **Parameter substitution.** The tracker never calls the model directly: it wraps
 ``loss_fn(model_parts, batch)`` in a container module and runs it through
-``torch.func.functional_call`` with every tracked parameter replaced by a tensor it controls (the
-parameter itself for autograd HVPs, ``θ ± εv`` for finite differences). The same ``loss_fn``
-therefore works for any layout; it must only call the modules in ``model_parts`` (not cached
-copies of their weights).
+``torch.func.functional_call`` with every used parameter replaced by a tensor it controls (a fresh
+autograd leaf for autograd HVPs, ``θ ± εv`` for finite differences). The same ``loss_fn``
+therefore works for any layout; it must only call the modules in ``model_parts``.
 
-**FSDP2 without its hooks.** ``fully_shard`` all-gathers parameters in forward pre-hooks, outside
-autograd, so ``autograd.grad`` w.r.t. sharded parameters fails. During the tracker's passes the
-FSDP forward pre/post hooks are taken off the modules (by the ids of the handles FSDP keeps on
-its state, ``FSDPState._pre_forward_hook_handle`` / ``_post_forward_hook_handle``; other hooks,
-e.g. TP's input/output redistribution, stay) and put back afterwards in their original order.
-Each sharded DTensor parameter is instead substituted by what FSDP's unshard would produce,
-built with differentiable DTensor ops: ``redistribute`` to ``Replicate`` over the data-parallel
-mesh dims (an all-gather recorded in the graph), ``to_local(grad_placements=Partial())`` (so the
-backward is a reduce-scatter *sum* over data-parallel ranks), a cast to FSDP's ``param_dtype``,
-and for FSDP2xTP ``DTensor.from_local`` on the TP mesh with the TP placements. Each rank's loss is
-the mean over its local batch; it is multiplied by ``1 / dp_size`` so that the summed gradient is
-the gradient of the global mean loss (equal local batch sizes assumed). The layouts are read from
-FSDP's per-parameter records (``FSDPParam``): these are private torch 2.13 attributes.
+**Eager, twice differentiable passes** (:func:`eager_pass`). Compiled modules run their original
+eager code for the tracker's passes only (AOTAutograd has no double backward; the training steps
+stay compiled), fused SDPA is replaced by the math kernel (no double backward for flash/efficient
+attention), and modules that record training statistics (QK-Clip's ``record_max_logit``) do not
+record.
+
+**Data parallelism outside autograd.** ``fully_shard`` all-gathers parameters in forward
+pre-hooks, outside autograd, so ``autograd.grad`` w.r.t. sharded parameters fails. The tracker
+takes FSDP's forward hooks off during its passes (by the ids of the handles FSDP keeps on its
+state; other hooks, e.g. TP's, stay; put back in their original order) and all-gathers each used
+parameter itself (:func:`gather_full`, outside autograd, in the pass's compute dtype; locked
+blocks, whose modules have ``skip = True``, are never gathered). Each rank then differentiates
+*its own* mean loss twice with no data-parallel collective in the graph, and the HVP of the global
+mean loss is the data-parallel mean of the per-rank HVPs (:func:`scatter_mean`, a reduce-scatter
+to the parameter's shards; equal local batch sizes assumed). The layouts are read from FSDP's
+per-parameter records (``FSDPParam``): private torch 2.13 attributes. Keeping the collectives
+at these explicit points is what lets a failing rank stay in step (``agreement.py``).
 
 **TP double backward.** In torch 2.13, ``DTensor.from_local``'s backward (used by the TP input
 hooks, e.g. ColwiseParallel turning a replicated plain activation into a DTensor) redistributes a
@@ -32,13 +35,15 @@ version of that backward (``grad.redistribute(...).to_local()``, the same values
 
 **Methods.** ``AutogradHVP``: one forward + ``autograd.grad(create_graph=True)``, then every HVP
 is a second backward of ``<g, v>`` through the retained graph (so k HVPs cost one
-forward/backward-with-graph plus k double backwards; the graph is freed after the step). The
-forward runs under ``sdpa_kernel(SDPBackend.MATH)`` because fused SDPA kernels have no double
-backward. ``FiniteDifferenceHVP``: central difference ``(g(θ+εx̂) - g(θ-εx̂)) / 2ε * ||x||``
+forward/backward-with-graph plus k double backwards; the graph is freed after the step).
+``FiniteDifferenceHVP``: central difference ``(g(θ+εx̂) - g(θ-εx̂)) / 2ε * ||x||``
 (x̂ = x/||x||), ``ε = fd_eps * ||θ||`` over the tracked parameters (``fd_relative=True``) or
-``ε = fd_eps``; two first-order gradients per HVP, any attention kernel. The perturbed parameters
-are new tensors substituted functionally: the model's parameters are never modified, so they are
-exactly as before. Neither method touches ``.grad``.
+``ε = fd_eps``; two first-order gradients per HVP; refused in 16-bit compute, where θ ± εx̂ round
+to the same weights. The model's parameters are never modified and ``.grad`` is never touched.
+
+Public entry point (stable): ``AutogradHVP(SubstitutedLoss(LossModule(parts), names, loss_fn,
+batch, dtype=None))`` is a callable mapping a vector laid out like the parameters ``names`` to
+the HVP of the global mean loss; call ``release()`` when done.
 """
 
 from __future__ import annotations
@@ -52,10 +57,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Partial, Replicate
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from torch.distributed.tensor.placement_types import Placement
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from titanwarm.curvature import vectors as V
+from titanwarm.curvature.agreement import Agreement
 
 LossFn = Callable[[list[nn.Module], Any], torch.Tensor]
 
@@ -140,17 +147,30 @@ def fsdp_hooks_disabled(modules: Sequence[nn.Module]) -> Iterator[None]:
             hooks.update(items)
 
 
-def unsharded_view(leaf: torch.Tensor, layout: FSDPLayout) -> torch.Tensor:
-    """What FSDP's unshard would present for ``leaf``, built with differentiable DTensor ops."""
-    mesh, tp = leaf.device_mesh, list(leaf.placements[layout.dp_ndim:])
-    full = leaf.redistribute(mesh, [Replicate()] * layout.dp_ndim + tp)
-    local = full.to_local(grad_placements=[Partial()] * layout.dp_ndim + tp)
-    if layout.param_dtype is not None:
-        local = local.to(layout.param_dtype)
-    if layout.tp_mesh is None:
-        return local
-    return DTensor.from_local(local, layout.tp_mesh, layout.tp_placements, run_check=False,
-                              shape=leaf.shape, stride=leaf.stride())
+def gather_full(value: torch.Tensor, layout: FSDPLayout) -> torch.Tensor:
+    """What FSDP's unshard presents for ``value`` (sharded like its parameter): the full tensor on
+    this rank, a TP DTensor under FSDP2xTP; outside autograd, in ``value``'s dtype (collective)."""
+    with torch.no_grad():
+        mesh, tp = value.device_mesh, list(value.placements[layout.dp_ndim:])
+        full = value.redistribute(mesh, [Replicate()] * layout.dp_ndim + tp).to_local()
+        if layout.tp_mesh is None:
+            return full
+        return DTensor.from_local(full, layout.tp_mesh, layout.tp_placements, run_check=False,
+                                  shape=value.shape, stride=value.stride())
+
+
+def scatter_mean(h: torch.Tensor, like: torch.Tensor, layout: FSDPLayout) -> torch.Tensor:
+    """The mean over data-parallel ranks of a per-rank full tensor ``h`` (plain, or TP DTensor),
+    sharded like the parameter ``like`` (a reduce-scatter), in ``like``'s vector dtype."""
+    with torch.no_grad():
+        if isinstance(h, DTensor):
+            h = h.redistribute(layout.tp_mesh, layout.tp_placements).to_local()
+        h = h.to(V.vector_dtype(like.dtype))
+        tp = list(like.placements[layout.dp_ndim:])
+        out = DTensor.from_local(h, like.device_mesh, [Partial()] * layout.dp_ndim + tp,
+                                 run_check=False, shape=like.shape, stride=like.stride())
+        out = out.redistribute(like.device_mesh, like.placements)
+        return out / layout.dp_size
 
 
 def _from_local_backward(ctx: Any, grad_output: DTensor | None) -> tuple[Any, ...]:
@@ -195,11 +215,92 @@ class LossModule(nn.Module):
         return loss_fn(list(self.parts), batch)
 
 
+def sub_batch(batch: Any, size: int) -> Any:
+    """The first ``size`` sequences of every tensor in ``batch`` (a tensor or a tuple/list of
+    them); ``size`` 0 or at least the batch: ``batch`` itself. The ``[curvature] batch_size``
+    sub-batch: its HVP is the HVP of this sub-batch's mean loss."""
+    if size <= 0:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch[:size]
+    return type(batch)(t[:size] for t in batch)
+
+
+def locked_param_ids(parts: Sequence[nn.Module]) -> set[int]:
+    """Parameters of modules the forward leaves out (``skip = True``: locked blocks)."""
+    return {id(p) for part in parts for m in part.modules() if getattr(m, "skip", False) is True
+            for p in m.parameters()}
+
+
+@contextlib.contextmanager
+def eager_pass(parts: Sequence[nn.Module]) -> Iterator[None]:
+    """The tracker's passes: the original modules, twice differentiable, side-effect free.
+
+    Compiled modules (``nn.Module.compile``) run their eager ``_call_impl`` (AOTAutograd has no
+    double backward), fused SDPA is replaced by the math kernel, FSDP2's forward hooks are off
+    (parameters are substituted), and modules that record statistics in training forwards
+    (``record_max_logit``: QK-Clip's per-head max logits) do not record. All restored on exit."""
+    saved: list[tuple[nn.Module, str, Any]] = []
+    for part in parts:
+        for m in part.modules():
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                saved.append((m, "_compiled_call_impl", m._compiled_call_impl))
+                m._compiled_call_impl = None
+            if getattr(m, "record_max_logit", False):
+                saved.append((m, "record_max_logit", True))
+                m.record_max_logit = False
+    try:
+        reshard_fsdp(parts)
+        with fsdp_hooks_disabled(parts), sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for m, attr, value in reversed(saved):
+            setattr(m, attr, value)
+
+
+def _graph_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Differentiable ``sum_i <a_i, b_i>`` of full (plain) or TP DTensor entries, a plain 0-d
+    tensor (TP entries reduce over the TP mesh inside the graph)."""
+    plain: torch.Tensor | None = None
+    per_mesh: dict[Any, torch.Tensor] = {}
+    for x, y in zip(a, b, strict=True):
+        term = (x * y).sum()
+        if isinstance(term, DTensor):
+            key = term.device_mesh
+            per_mesh[key] = term if key not in per_mesh else per_mesh[key] + term
+        else:
+            plain = term if plain is None else plain + term
+    for term in per_mesh.values():
+        value = term.full_tensor()
+        plain = value if plain is None else plain + value
+    if plain is None:
+        raise ValueError("dot product of empty vectors")
+    return plain
+
+
+def failure_reason(err: BaseException) -> str:
+    """``"ExceptionType: first line"`` (what the skip event records)."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"[:300]
+
+
 class SubstitutedLoss:
-    """The global mean loss as a function of the tracked parameters' values."""
+    """This rank's mean loss as a function of the tracked parameters' full (gathered) values.
+
+    Data-parallel sharding is undone *outside* autograd: :meth:`gather` all-gathers a sharded
+    tensor, every pass (forward, gradient, double backward) then runs on this rank alone, and
+    :meth:`scatter` averages a per-rank result over the data-parallel ranks and shards it like
+    the parameter. The collectives of a tracked step are therefore only at these two points and
+    in the solvers' reductions, so a rank that fails in its local compute can keep issuing them
+    (see ``agreement.py``). Parameters of locked blocks (``skip = True``) are never gathered;
+    parameters that are frozen but used are gathered without gradient.
+
+    ``dtype``: the compute dtype of the passes; None = what the training forward uses (FSDP's
+    ``param_dtype``, else the parameter's dtype).
+    """
 
     def __init__(self, module: LossModule, names: Sequence[str], loss_fn: LossFn,
-                 batch: Any) -> None:
+                 batch: Any, dtype: torch.dtype | None = None) -> None:
         self.parts = list(module.parts)
         self.module = module
         self.loss_fn, self.batch = loss_fn, batch
@@ -207,67 +308,124 @@ class SubstitutedLoss:
         self.names = list(names)
         self.params = [self.named[n] for n in self.names]
         self.layouts = fsdp_layouts(self.parts)
+        self.dtype = dtype
         dp_sizes = {lay.dp_size for lay in self.layouts.values()}
         if len(dp_sizes) > 1:
             raise ValueError(f"parameters sharded over different data-parallel sizes {dp_sizes}")
         self.dp_size = dp_sizes.pop() if dp_sizes else 1
+        tracked = set(self.names)
+        locked = locked_param_ids(self.parts)
+        self.frozen = [n for n, p in self.named.items()
+                       if n not in tracked and id(p) in self.layouts and id(p) not in locked]
+        """Names of the frozen parameters the forward uses (gathered without gradient)."""
 
-    def _view(self, p: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def compute_dtype(self, p: torch.Tensor) -> torch.dtype:
+        """The dtype ``p`` takes in the passes."""
+        if self.dtype is not None and p.is_floating_point():
+            return self.dtype
         layout = self.layouts.get(id(p))
-        return value if layout is None else unsharded_view(value, layout)
+        return layout.param_dtype if layout is not None and layout.param_dtype else p.dtype
 
-    def loss(self, values: Sequence[torch.Tensor], math_sdpa: bool) -> torch.Tensor:
-        """Scaled local loss (its dp-sum is the global mean) with ``values`` substituted."""
-        tracked = {n: self._view(p, v) for n, p, v in zip(self.names, self.params, values)}
-        for n, p in self.named.items():
-            if n not in tracked and id(p) in self.layouts:  # frozen FSDP parameter
-                tracked[n] = self._view(p, p.detach())
-        ctx = sdpa_kernel(SDPBackend.MATH) if math_sdpa else contextlib.nullcontext()
-        reshard_fsdp(self.parts)
-        with fsdp_hooks_disabled(self.parts), ctx:
-            loss = torch.func.functional_call(self.module, tracked, (self.loss_fn, self.batch))
+    def gather(self, value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``value`` (laid out like ``p``) as the passes see it: full, compute dtype, no grad."""
+        layout = self.layouts.get(id(p))
+        full = gather_full(value, layout) if layout is not None else value.detach()
+        return full.to(self.compute_dtype(p))
+
+    def scatter(self, h: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+        """Data-parallel mean of a per-rank pass result ``h`` (None: zero), laid out like ``p``."""
+        layout = self.layouts.get(id(p))
+        if layout is None:
+            return V.zeros_like_params([p])[0] if h is None else V.as_layout(h.detach(), p)
+        if h is None:  # zeros of the gathered shape: the collective must still run
+            shape = p.shape
+            if layout.tp_mesh is not None:
+                shape, _ = compute_local_shape_and_global_offset(p.shape, layout.tp_mesh,
+                                                                 layout.tp_placements)
+            h = torch.zeros(shape, dtype=V.vector_dtype(p.dtype), device=V.local([p])[0].device)
+        return scatter_mean(h, p, layout)
+
+    def leaves(self, values: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Gathered tracked values (default: the parameters) as fresh autograd leaves."""
+        values = self.params if values is None else values
+        return [self.gather(v, p).requires_grad_() for v, p in zip(values, self.params)]
+
+    def frozen_values(self) -> dict[str, torch.Tensor]:
+        """Gathered frozen (used) parameters."""
+        return {n: self.gather(self.named[n].detach(), self.named[n]) for n in self.frozen}
+
+    def loss(self, leaves: Sequence[torch.Tensor], frozen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This rank's mean loss with ``leaves`` (and ``frozen``) substituted; local compute."""
+        values = dict(frozen)
+        values.update(zip(self.names, leaves))
+        with eager_pass(self.parts):
+            loss = torch.func.functional_call(self.module, values, (self.loss_fn, self.batch))
         if isinstance(loss, DTensor):
             loss = loss.full_tensor()
-        return loss / self.dp_size
+        return loss
 
-    def grads(self, values: Sequence[torch.Tensor], create_graph: bool,
-              math_sdpa: bool) -> list[torch.Tensor | None]:
-        """Gradient of the global mean loss w.r.t. ``values`` (None where unused)."""
-        loss = self.loss(values, math_sdpa)
+    def grads(self, leaves: Sequence[torch.Tensor], frozen: dict[str, torch.Tensor],
+              create_graph: bool) -> list[torch.Tensor | None]:
+        """Gradient of this rank's loss w.r.t. ``leaves`` (None where unused); local compute."""
+        loss = self.loss(leaves, frozen)
         ctx = differentiable_from_local() if create_graph else contextlib.nullcontext()
         with ctx:
-            return list(torch.autograd.grad(loss, values, create_graph=create_graph,
+            return list(torch.autograd.grad(loss, leaves, create_graph=create_graph,
                                             allow_unused=True))
 
 
 class AutogradHVP:
-    """Exact HVPs by reverse-over-reverse differentiation through one retained graph."""
+    """Exact HVPs by reverse-over-reverse differentiation through one retained graph.
+
+    Per HVP: ``x`` is gathered (collective), ``<g, x>`` is differentiated once more through the
+    graph built by the first call (local), and the result is averaged over data-parallel ranks
+    and sharded (collective). A failure in the local part is recorded on ``agree`` and the
+    collectives still run (with zeros), so that every rank reaches the next agreement point."""
 
     name = "autograd"
 
-    def __init__(self, fn: SubstitutedLoss) -> None:
+    def __init__(self, fn: SubstitutedLoss, agree: Agreement | None = None) -> None:
         self.fn = fn
+        self.agree = agree if agree is not None else Agreement(V.local(fn.params)[0].device)
         self.calls = 0
+        self.held_bytes = 0
+        """Bytes of the gathered parameters this operator holds (its graph comes on top)."""
+        self._leaves: list[torch.Tensor] | None = None
         self._grads: list[torch.Tensor | None] | None = None
 
     def __call__(self, x: V.Vector) -> V.Vector:
-        if self._grads is None:
-            self._grads = self.fn.grads(self.fn.params, create_graph=True, math_sdpa=True)
         self.calls += 1
+        if self._leaves is None:
+            self._leaves = self.fn.leaves()
+            self._frozen = self.fn.frozen_values()
+            self.held_bytes = sum(V.nbytes([t]) for t in [*self._leaves, *self._frozen.values()])
+        xs = [self.fn.gather(xi, p) for xi, p in zip(x, self.fn.params)]
+        hv: list[torch.Tensor | None] = [None] * len(xs)
+        if self.agree.reason is None:
+            try:
+                hv = self._local(xs)
+            except (RuntimeError, NotImplementedError) as err:  # OutOfMemoryError included
+                self.release()
+                self.agree.fail(failure_reason(err))
+        del xs
+        return [self.fn.scatter(h, p) for h, p in zip(hv, self.fn.params)]
+
+    def _local(self, xs: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        if self._grads is None:
+            self._grads = self.fn.grads(self._leaves, self._frozen, create_graph=True)
         idx = [i for i, g in enumerate(self._grads) if g is not None and g.requires_grad]
-        out = V.zeros_like_params(self.fn.params)
         if not idx:
-            return out
-        s = V.dot([self._grads[i] for i in idx], [x[i].to(self._grads[i].dtype) for i in idx])
-        hv = torch.autograd.grad(s, self.fn.params, retain_graph=True, allow_unused=True)
-        for i, h in enumerate(hv):
-            if h is not None:
-                out[i] = V.as_layout(h.detach(), self.fn.params[i])
-        return out
+            return [None] * len(xs)
+        s = _graph_dot([self._grads[i] for i in idx], [xs[i].to(self._grads[i].dtype) for i in idx])
+        with differentiable_from_local():
+            hv = torch.autograd.grad(s, self._leaves, retain_graph=True, allow_unused=True)
+        return [None if h is None else h.detach() for h in hv]
 
     def release(self) -> None:
-        """Free the retained graph."""
+        """Free the retained graph and the gathered parameters."""
         self._grads = None
+        self._leaves = None
+        self._frozen = {}
 
 
 class FiniteDifferenceHVP:
@@ -275,33 +433,45 @@ class FiniteDifferenceHVP:
 
     name = "finite_difference"
 
-    def __init__(self, fn: SubstitutedLoss, fd_eps: float, relative: bool) -> None:
+    def __init__(self, fn: SubstitutedLoss, fd_eps: float, relative: bool,
+                 agree: Agreement | None = None) -> None:
         self.fn = fn
+        self.agree = agree if agree is not None else Agreement(V.local(fn.params)[0].device)
         self.calls = 0
+        self.held_bytes = 0
         theta = [p.detach() for p in fn.params]
-        self.eps = fd_eps * V.norm(theta) if relative else fd_eps
+        self.eps = fd_eps * self.agree.reduce([V.local_dot(theta, theta)])[0] ** 0.5 \
+            if relative else fd_eps
         if self.eps <= 0:
             raise ValueError(f"finite-difference step must be > 0, got {self.eps}")
 
-    def _grads_at(self, x_hat: V.Vector, sign: float) -> list[torch.Tensor | None]:
-        values = [(p.detach() + (sign * self.eps) * x.to(p.dtype)).requires_grad_()
-                  for p, x in zip(self.fn.params, x_hat)]
-        return self.fn.grads(values, create_graph=False, math_sdpa=False)
-
     def __call__(self, x: V.Vector) -> V.Vector:
         self.calls += 1
-        nx = V.norm(x)
-        out = V.zeros_like_params(self.fn.params)
+        (nx2,) = self.agree.reduce([V.local_dot(x, x)])
+        nx = nx2 ** 0.5
         if nx == 0.0:
-            return out
-        x_hat = V.scale(x, 1.0 / nx)
-        gp, gm = self._grads_at(x_hat, 1.0), self._grads_at(x_hat, -1.0)
-        c = nx / (2.0 * self.eps)
-        for i, (a, b) in enumerate(zip(gp, gm)):
-            if a is not None and b is not None:
-                p = self.fn.params[i]
-                out[i] = (V.as_layout(a, p) - V.as_layout(b, p)) * c
-        return out
+            return V.zeros_like_params(self.fn.params)
+        theta = self.fn.leaves()
+        frozen = self.fn.frozen_values()
+        self.held_bytes = sum(V.nbytes([t]) for t in [*theta, *frozen.values()])
+        xs = [self.fn.gather(xi, p) for xi, p in zip(x, self.fn.params)]
+        diff: list[torch.Tensor | None] = [None] * len(xs)
+        if self.agree.reason is None:
+            try:
+                step = self.eps / nx
+                plus = [(t.detach() + step * xi).requires_grad_() for t, xi in zip(theta, xs)]
+                gp = self.fn.grads(plus, frozen, create_graph=False)
+                del plus
+                minus = [(t.detach() - step * xi).requires_grad_() for t, xi in zip(theta, xs)]
+                gm = self.fn.grads(minus, frozen, create_graph=False)
+                del minus
+                c = nx / (2.0 * self.eps)
+                diff = [None if a is None or b is None else (a - b) * c
+                        for a, b in zip(gp, gm)]
+            except (RuntimeError, NotImplementedError) as err:
+                self.agree.fail(failure_reason(err))
+        del theta, xs, frozen
+        return [self.fn.scatter(h, p) for h, p in zip(diff, self.fn.params)]
 
     def release(self) -> None:
         """Nothing retained between HVPs."""

@@ -77,10 +77,12 @@ def scaling_diagonal(precond: Sequence[torch.Tensor], lr_ratio: Sequence[float])
     return [(r / p).sqrt() for p, r in zip(precond, lr_ratio, strict=True)]
 
 
-def transport(u: Sequence[torch.Tensor], p_old: Sequence[torch.Tensor | None],
-              p_new: Sequence[torch.Tensor]) -> Vector:
-    """Map an eigenvector of ``P_old^-1/2 H P_old^-1/2`` to the new preconditioner's frame:
-    ``P_new^1/2 P_old^-1/2 u`` (not renormalised). Entries without an old ``P`` (parameters
-    that just became tracked) are left unchanged."""
-    return [x if po is None else x * (pn / po).sqrt()
-            for x, po, pn in zip(u, p_old, p_new, strict=True)]
+def transport(z: Sequence[torch.Tensor], diag: Sequence[torch.Tensor]) -> Vector:
+    """Warm start for ``G = D H D`` from the stored ``z = D_old u_old``: ``D_new^-1 z`` (not
+    normalised) = ``P_new^1/2 P_old^-1/2 u_old`` for an unchanged lr ratio, exact when only P
+    moved. Zero entries (parameters that just became tracked) stay zero. Only ``z`` needs to be
+    kept between steps, not P_old."""
+    out = [x.detach().clone() for x in z]
+    torch._foreach_div_([x.to_local() if hasattr(x, "to_local") else x for x in out],
+                        [d.to_local() if hasattr(d, "to_local") else d for d in diag])
+    return out

@@ -14,9 +14,9 @@ with zeros on them (the previous eigenvector restricted to the old block is stil
 we have; the solver fills the new block in), and entries of parameters that left are dropped.
 
 **Warm start.** Each solve starts from the previous step's vector. For ``G = D H D`` with
-``D = P^-1/2`` (``P`` from Adam's second moment, see ``preconditioner.py``), the vector is first
-transported by ``P_new^1/2 P_old^-1/2`` and renormalised, which is exact if H is unchanged and
-only P moved. ``warm_start=False`` starts every solve from a fresh random vector (seeded by
+``D = P^-1/2`` (``P`` from Adam's second moment, see ``preconditioner.py``) the tracker stores
+``z = D u`` and starts from ``D_new^-1 z`` (normalised): the transport ``P_new^1/2 P_old^-1/2 u``,
+exact if H is unchanged and only P moved, with one stored vector and no stored P. ``warm_start=False`` starts every solve from a fresh random vector (seeded by
 ``seed`` and the call count). The very first start vector is random, deterministic and identical
 whatever the parallel layout (``vectors.random_like_params``).
 
@@ -25,10 +25,13 @@ whatever the parallel layout (``vectors.random_like_params``).
 ``ratio = lr λ / threshold``; ``ratio >= 1`` means the step size exceeds the local stability
 limit. Estimates are Rayleigh quotients (biased low); check ``residual``.
 
-**HVP method.** ``"autograd"`` (exact, double backward), ``"finite_difference"`` or ``"auto"``:
-autograd, falling back to finite differences for the rest of the run when the double backward
-raises (e.g. an attention kernel without double backward that ignores ``sdpa_kernel``, or
-re-entrant activation checkpointing). See ``hvp.py``.
+**HVP method.** ``"autograd"`` (exact, double backward through the eager modules),
+``"finite_difference"`` or ``"auto"``: autograd, falling back to finite differences for the rest
+of the run when the double backward fails on any rank (never in 16-bit compute or after an OOM:
+then the step is skipped). See ``hvp.py``.
+
+**Collective decisions.** Every skip and fallback is agreed by all ranks (``agreement.py``):
+``step`` returns None on every rank together, with the reason in ``last_skip``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from titanwarm.curvature import vectors as V
+from titanwarm.curvature.agreement import Agreement, MeasurementSkipped
 from titanwarm.curvature.hvp import (AutogradHVP, FiniteDifferenceHVP, HVPOperator, LossFn,
                                      LossModule, SubstitutedLoss)
 from titanwarm.curvature.preconditioner import (adam_hyper, adam_preconditioner, has_adam_state,
@@ -89,13 +93,17 @@ class CurvatureTracker:
     batch) computed by calling the modules in ``model_parts``; the tracker calls it with the
     tracked parameters substituted (``torch.func.functional_call``), so one ``loss_fn`` serves
     plain, FSDP2 and TP models. Under FSDP2 the result is the Hessian of the global mean loss.
+
+    ``dtype``: compute dtype of the HVP passes (None: the training forward's, e.g. FSDP's
+    ``param_dtype``; ``torch.float32``: full precision whatever the training uses).
     """
 
     def __init__(self, model_parts: nn.Module | Sequence[nn.Module],
                  optimizer: torch.optim.Optimizer, method: str = "lanczos", max_hvps: int = 5,
                  tol: float = 1e-3, preconditioned: bool = True, warm_start: bool = True,
                  hvp: str = "auto", track_h: bool = False, seed: int = 0,
-                 fd_eps: float = 1e-4, fd_relative: bool = True) -> None:
+                 fd_eps: float = 1e-4, fd_relative: bool = True,
+                 dtype: torch.dtype | None = None) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if hvp not in HVP_METHODS:
@@ -108,11 +116,16 @@ class CurvatureTracker:
         self.method, self.max_hvps, self.tol = method, max_hvps, tol
         self.preconditioned, self.warm_start, self.track_h = preconditioned, warm_start, track_h
         self.hvp, self.seed, self.fd_eps, self.fd_relative = hvp, seed, fd_eps, fd_relative
+        self.dtype = dtype
         self._resolved_hvp: str | None = None if hvp == "auto" else hvp
         self._vectors: dict[str, dict[str, torch.Tensor]] = {}
-        self._precond: dict[str, torch.Tensor] = {}
-        self._shift: dict[str, float] = {}
         self._calls = 0
+        self.last_skip: str | None = None
+        """Why the last :meth:`step` measured nothing (same text on every rank), else None."""
+        self.last_extra_bytes = 0
+        """Peak extra memory of the last step on this rank (see :class:`MemoryMeter`)."""
+        self.last_mass: dict[str, float] = {}
+        """Squared mass of the last eigenvector per parameter group (see ``mass_groups``)."""
 
     def tracked(self) -> tuple[list[str], list[torch.Tensor]]:
         """Names and parameters spanning the tracked Hessian (see the module docstring)."""
@@ -129,68 +142,107 @@ class CurvatureTracker:
 
     def step(self, loss_fn: LossFn, batch: Any) -> CurvatureEstimate | None:
         """Estimate λmax on ``batch``; None if nothing is tracked yet (e.g. preconditioned before
-        the first optimizer step). Leaves parameters and ``.grad`` untouched."""
+        the first optimizer step) or the measurement was skipped (``last_skip`` says why; every
+        rank skips together). Leaves parameters and ``.grad`` untouched.
+
+        Under ``hvp = "auto"`` a failed autograd solve (on any rank) switches every rank to finite
+        differences for the rest of the run, unless the failure was an out-of-memory error or the
+        passes compute in 16 bits (finite differences are noise there): then only this step is
+        skipped."""
+        self.last_skip = None
         names, params = self.tracked()
         if not names:
             return None
-        fn = SubstitutedLoss(self.module, names, loss_fn, batch)
+        device = V.local(params)[0].device
+        fn = SubstitutedLoss(self.module, names, loss_fn, batch, self.dtype)
         self._calls += 1
-        if self._resolved_hvp is None:
-            try:
-                est = self._estimate(fn, "autograd")
-            except (RuntimeError, NotImplementedError) as err:
+        kind = self._resolved_hvp or "autograd"
+        try:
+            est = self._estimate(fn, kind, device)
+        except MeasurementSkipped as err:
+            reason = str(err)
+            if (self._resolved_hvp is None and "OutOfMemoryError" not in reason
+                    and not self._sixteen_bit(fn)):
                 logger.warning("curvature: autograd HVP failed (%s); using finite differences",
-                               str(err).splitlines()[0] if str(err) else type(err).__name__)
+                               reason)
                 self._resolved_hvp = "finite_difference"
-                return self._estimate(fn, "finite_difference")
-            self._resolved_hvp = "autograd"
-            return est
-        return self._estimate(fn, self._resolved_hvp)
+                return self.step(loss_fn, batch)
+            self.last_skip = f"{kind} HVP: {reason}"
+            logger.warning("curvature: measurement skipped on every rank (%s)", self.last_skip)
+            return None
+        if self._resolved_hvp is None:
+            self._resolved_hvp = kind
+        return est
 
-    def _operator(self, fn: SubstitutedLoss, kind: str) -> HVPOperator:
+    def _sixteen_bit(self, fn: SubstitutedLoss) -> bool:
+        return any(fn.compute_dtype(p) in (torch.bfloat16, torch.float16) for p in fn.params)
+
+    def _operator(self, fn: SubstitutedLoss, kind: str, agree: Agreement) -> HVPOperator:
         if kind == "autograd":
-            return AutogradHVP(fn)
-        return FiniteDifferenceHVP(fn, self.fd_eps, self.fd_relative)
+            return AutogradHVP(fn, agree)
+        if self._sixteen_bit(fn):
+            raise ValueError("finite-difference HVPs in 16-bit compute are noise; use the "
+                             "autograd HVP or dtype float32")
+        return FiniteDifferenceHVP(fn, self.fd_eps, self.fd_relative, agree)
 
     def _start(self, key: str, names: list[str], params: list[torch.Tensor],
-               p_new: V.Vector | None) -> V.Vector:
+               diag: V.Vector | None) -> V.Vector:
+        """Warm start: the stored vector (z = D_old u for G, u for H) mapped into the current
+        frame (u = D_new^-1 z for G), zero on parameters it does not cover; else random."""
         stored = self._vectors.get(key, {})
         if self.warm_start and any(n in stored for n in names):
             u = [stored[n] if n in stored and stored[n].shape == p.shape else z
                  for n, p, z in zip(names, params, V.zeros_like_params(params))]
-            if p_new is not None:
-                u = transport(u, [self._precond.get(n) for n in names], p_new)
-            if V.norm(u) > 0:
-                return u
+            if diag is not None:
+                u = transport(u, diag)
+            return u
         seed = self.seed if self.warm_start else self.seed + 7919 * self._calls
         return V.random_like_params(params, names, seed + (1 if key == "h" else 0))
 
-    def _solve(self, key: str, op: Any, u0: V.Vector) -> SolveResult:
+    def _solve(self, op: Any, u0: V.Vector, agree: Agreement) -> SolveResult:
         if self.method == "lanczos":
-            return lanczos(op, u0, self.max_hvps, self.tol)
-        shift = self._shift.get(key, 0.0) if self.warm_start else 0.0
-        res = power_iteration(op, u0, self.max_hvps, self.tol, shift)
-        self._shift[key] = res.shift
-        return res
+            return lanczos(op, u0, self.max_hvps, self.tol, agree)
+        return power_iteration(op, u0, self.max_hvps, self.tol, agree)
 
-    def _estimate(self, fn: SubstitutedLoss, kind: str) -> CurvatureEstimate:
+    def _estimate(self, fn: SubstitutedLoss, kind: str, device: torch.device) -> CurvatureEstimate:
         names, params = fn.names, fn.params
         hyper = adam_hyper(self.optimizer, params)
-        op = self._operator(fn, kind)
+        agree = Agreement(device)
+        meter = MemoryMeter(device)
+        op = self._operator(fn, kind, agree)
         try:
             res_g = res_h = None
             if self.preconditioned:
                 precond = adam_preconditioner(self.optimizer, params)
                 diag = scaling_diagonal(precond, hyper.lr_ratio)
-                u0 = self._start("g", names, params, precond)
-                res_g = self._solve("g", lambda x: V.mul(diag, op(V.mul(diag, x))), u0)
+                del precond
+                u0 = self._start("g", names, params, diag)
+
+                def g_op(x: V.Vector) -> V.Vector:
+                    out = op(V.mul(diag, x))
+                    torch._foreach_mul_(V.local(out), V.local(diag))
+                    meter.sample(op.held_bytes)
+                    return out
+
+                res_g = self._solve(g_op, u0, agree)
+                mass = mass_by_group(names, res_g.vector, agree)
+                torch._foreach_mul_(V.local(res_g.vector), V.local(diag))  # store z = D u
+                del diag
             if self.track_h or not self.preconditioned:
-                res_h = self._solve("h", op, self._start("h", names, params, None))
+                def h_op(x: V.Vector) -> V.Vector:
+                    out = op(x)
+                    meter.sample(op.held_bytes)
+                    return out
+
+                res_h = self._solve(h_op, self._start("h", names, params, None), agree)
+                if res_g is None:
+                    mass = mass_by_group(names, res_h.vector, agree)
         finally:
             op.release()
+        self.last_extra_bytes = meter.peak
+        self.last_mass = mass
         if res_g is not None:
             self._vectors["g"] = dict(zip(names, res_g.vector))
-            self._precond = dict(zip(names, precond))
             threshold = (2.0 + 2.0 * hyper.beta1) / (1.0 - hyper.beta1)
             main = res_g
         else:
@@ -207,16 +259,51 @@ class CurvatureTracker:
             residual_h=res_h.residual if res_h is not None else None)
 
     def state_dict(self) -> dict[str, Any]:
-        """Warm-start vectors and the previous P (tensors/DTensors keyed by parameter name), the
-        power-iteration shifts and the resolved HVP method."""
+        """The warm-start vectors (one parameter-sized vector per tracked matrix: z = D u for G,
+        u for H; tensors/DTensors keyed by parameter name) and the resolved HVP method."""
         return {"vectors": {k: dict(v) for k, v in self._vectors.items()},
-                "precond": dict(self._precond), "shift": dict(self._shift),
                 "hvp": self._resolved_hvp, "calls": self._calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         self._vectors = {k: dict(v) for k, v in state["vectors"].items()}
-        self._precond = dict(state["precond"])
-        self._shift = dict(state["shift"])
         self._resolved_hvp = state["hvp"] if self.hvp == "auto" else self.hvp
         self._calls = int(state["calls"])
+
+
+def mass_group(name: str) -> str:
+    """Reporting group of a parameter: "layers.<i>" for block parameters (through wrappers),
+    else its top-level module ("tok_embeddings", "output", "norm", ...)."""
+    parts = [p for p in name.split(".")[2:] if not p.startswith("_")]  # drop "parts.<k>."
+    if parts and parts[0] == "layers" and len(parts) > 1:
+        return f"layers.{parts[1]}"
+    return parts[0] if parts else name
+
+
+def mass_by_group(names: Sequence[str], u: V.Vector, agree: Agreement) -> dict[str, float]:
+    """Squared mass of the unit vector ``u`` per :func:`mass_group` (sums to 1), one reduction."""
+    groups: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(mass_group(n), []).append(i)
+    keys = list(groups)
+    partials = [V.local_dot([u[i] for i in groups[k]], [u[i] for i in groups[k]]) for k in keys]
+    values = agree.reduce(partials)
+    total = sum(values) or 1.0
+    return {k: v / total for k, v in zip(keys, values)}
+
+
+class MemoryMeter:
+    """Peak extra memory of a tracked step on this rank, sampled after every HVP: CUDA allocator
+    bytes above the step's start (graph, gathered parameters, vectors, all included); on other
+    devices, where no allocator counts, the bytes the operator holds in gathered parameters
+    (the graph not included)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.base = torch.cuda.memory_allocated(device) if self.cuda else 0
+        self.peak = 0
+
+    def sample(self, held_bytes: int) -> None:
+        now = torch.cuda.memory_allocated(self.device) - self.base if self.cuda else held_bytes
+        self.peak = max(self.peak, now)

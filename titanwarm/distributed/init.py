@@ -22,6 +22,14 @@ def resolve_device(name: str) -> torch.device:
     raise ValueError(f"unknown device {name!r}; expected \"auto\", \"cpu\" or \"cuda\"")
 
 
+def resolve_param_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``[training] mixed_precision_param`` -> the compute dtype: "auto" is bfloat16 on CUDA and
+    float32 elsewhere; an explicit dtype name is used on every device."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
 def init_distributed(device: torch.device | str) -> int:
     """Join the torchrun process group for ``device`` (a device or its type: NCCL for CUDA tensors
     plus gloo for CPU ones on a GPU run, gloo alone on CPU) and return the world size.

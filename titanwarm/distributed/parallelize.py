@@ -18,7 +18,7 @@ from torch.distributed.tensor import Replicate, Shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
                                                SequenceParallel, loss_parallel, parallelize_module)
 
-from titanwarm.distributed.init import resolve_device
+from titanwarm.distributed.init import resolve_device, resolve_param_dtype
 from titanwarm.distributed.parallel_dims import ParallelDims
 
 if TYPE_CHECKING:
@@ -110,12 +110,12 @@ def apply_activation_checkpointing(model: Transformer, ac: ActivationCheckpoint)
 
 
 def mixed_precision(training: Training) -> MixedPrecisionPolicy:
-    """FSDP2 policy: ``mixed_precision_param`` compute / ``mixed_precision_reduce`` gradient
-    reduction on CUDA; float32 throughout on CPU. Sharded master weights stay float32."""
-    if resolve_device(training.device).type != "cuda":
-        return MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    return MixedPrecisionPolicy(param_dtype=getattr(torch, training.mixed_precision_param),
-                                reduce_dtype=getattr(torch, training.mixed_precision_reduce))
+    """FSDP2 policy: ``mixed_precision_param`` compute (resolved by ``resolve_param_dtype``: "auto"
+    is float32 on CPU) / ``mixed_precision_reduce`` gradient reduction, on any device (FSDP2's
+    bf16 policy works on CPU/gloo). Sharded master weights stay float32."""
+    param = resolve_param_dtype(training.mixed_precision_param, resolve_device(training.device))
+    reduce = getattr(torch, training.mixed_precision_reduce) if param != torch.float32 else param
+    return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=reduce)
 
 
 def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy,

@@ -24,7 +24,7 @@ from titanwarm.checkpoint.fault import FaultGuard, TooManySkipsError
 from titanwarm.checkpoint.manager import CheckpointManager
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
-from titanwarm.distributed.init import init_distributed, resolve_device
+from titanwarm.distributed.init import init_distributed, resolve_device, resolve_param_dtype
 from titanwarm.distributed.parallel_dims import ParallelDims
 from titanwarm.distributed.parallelize import loss_context
 from titanwarm.distributed.param_init import init_model
@@ -124,9 +124,9 @@ class Trainer:
 
     def compute_context(self) -> contextlib.AbstractContextManager:
         """Autocast for single-device mixed precision (FSDP2 handles it when sharding)."""
-        dtype = getattr(torch, self.cfg.training.mixed_precision_param)
-        if self.device.type == "cuda" and dtype != torch.float32 and not self.parallel_dims.dp_enabled:
-            return torch.autocast("cuda", dtype=dtype)
+        dtype = resolve_param_dtype(self.cfg.training.mixed_precision_param, self.device)
+        if dtype != torch.float32 and not self.parallel_dims.dp_enabled:
+            return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
     def loss_fn(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

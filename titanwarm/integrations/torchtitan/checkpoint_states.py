@@ -39,11 +39,11 @@ class TrackerState(Stateful):
     """``CurvatureTracker`` state in a fixed DCP layout.
 
     DCP loads only the keys of the template ``state_dict()`` returns, and a fresh tracker has no
-    vectors. So every slot the configuration uses ("g" and "precond" when preconditioned, "h" when
+    vectors. So every slot the configuration uses ("g" when preconditioned, "h" when
     tracking H) holds one tensor per model parameter (the stored vector, or zeros), keyed by the
     wrapper-free name (AC/compile do not change it) and sharded like the parameter; which entries
-    are real, the shifts, the HVP method and the call count go in a JSON string. Cost: up to three
-    parameter-sized tensors in the checkpoint.
+    are real, the HVP method and the call count go in a JSON string. Cost: one
+    parameter-sized tensor per slot in the checkpoint.
     """
 
     def __init__(self, tracker: CurvatureTracker) -> None:
@@ -51,7 +51,7 @@ class TrackerState(Stateful):
 
     def _slots(self) -> list[str]:
         t = self.tracker
-        slots = ["g", "precond"] if t.preconditioned else []
+        slots = ["g"] if t.preconditioned else []
         return slots + (["h"] if t.track_h or not t.preconditioned else [])
 
     def state_dict(self) -> dict[str, Any]:
@@ -60,12 +60,12 @@ class TrackerState(Stateful):
         out: dict[str, Any] = {}
         present = {}
         for slot in self._slots():
-            src = sd["precond"] if slot == "precond" else sd["vectors"].get(slot, {})
+            src = sd["vectors"].get(slot, {})
             present[slot] = [canonical_name(n) for n in src]
-            dtype = (lambda p: p.dtype) if slot == "precond" else (lambda p: vector_dtype(p.dtype))
-            out[slot] = {canonical_name(n): src[n] if n in src else torch.zeros_like(p, dtype=dtype(p)).detach()
+            out[slot] = {canonical_name(n): src[n] if n in src
+                         else torch.zeros_like(p, dtype=vector_dtype(p.dtype)).detach()
                          for n, p in params.items()}
-        out["meta"] = json.dumps({"present": present, "shift": sd["shift"], "hvp": sd["hvp"],
+        out["meta"] = json.dumps({"present": present, "hvp": sd["hvp"],
                                   "calls": sd["calls"]})
         return out
 
@@ -75,8 +75,7 @@ class TrackerState(Stateful):
         take = {slot: {names[c]: state_dict[slot][c] for c in meta["present"].get(slot, [])}
                 for slot in self._slots()}
         self.tracker.load_state_dict({
-            "vectors": {k: v for k, v in take.items() if k != "precond" and v},
-            "precond": take.get("precond", {}), "shift": meta["shift"], "hvp": meta["hvp"],
+            "vectors": {k: v for k, v in take.items() if v}, "hvp": meta["hvp"],
             "calls": meta["calls"]})
 
 
