@@ -23,6 +23,7 @@ Everything runs on the parameters' own layout (DTensor shards), with the curvatu
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -30,9 +31,12 @@ import torch
 from torch import nn
 
 from titanwarm.curvature import vectors as V
+from titanwarm.curvature.agreement import Agreement, MeasurementSkipped
 from titanwarm.curvature.hvp import AutogradHVP, LossFn, LossModule, SubstitutedLoss
 from titanwarm.curvature.solvers import lanczos
 from titanwarm.optim.muon import MATRIX_ALGORITHMS
+
+logger = logging.getLogger(__name__)
 
 
 class MatrixCurvature:
@@ -68,22 +72,25 @@ class MatrixCurvature:
         update = [p.detach() - self._before[n] for n, p in names_params]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         self._before = {}
-        op = AutogradHVP(SubstitutedLoss(self.module, names, loss_fn, batch))
+        agree = Agreement(V.local(params)[0].device)
+        op = AutogradHVP(SubstitutedLoss(self.module, names, loss_fn, batch), agree)
         try:
             hu = op(update)
+            uhu, unorm2, descent = agree.reduce([V.local_dot(update, hu), V.local_dot(update, update),
+                                                 -V.local_dot(grads, update)])
             stored = self._vector
             start = ([stored[n] if n in stored and stored[n].shape == p.shape else z
                       for n, p, z in zip(names, params, V.zeros_like_params(params))]
                      if any(n in stored for n in names) else [])
             if not start or V.norm(start) == 0:
                 start = V.random_like_params(params, names, self.seed + 2)
-            res = lanczos(op, start, self.max_hvps, self.tol)
+            res = lanczos(op, start, self.max_hvps, self.tol, agree)
+        except MeasurementSkipped as err:  # raised on every rank together: skip this reading
+            logger.warning("matrix curvature: measurement skipped on every rank (%s)", err)
+            return {}
         finally:
             op.release()
         self._vector = dict(zip(names, res.vector))
-        uhu = float(V.dot(update, hu))
-        unorm2 = float(V.dot(update, update))
-        descent = -float(V.dot(grads, update))
         if descent > 0:
             ratio = uhu / (2.0 * descent)
         else:
