@@ -24,19 +24,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from titanwarm.config.errors import ConfigError
 from titanwarm.config.sections import JobConfig
 
 CLI = "command line"
 FLAGS = ("print_config", "print_schedule")
 """Value-less command-line flags (``--print-config``, ``--print-schedule``)."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem, located by source (file or command line) and key."""
-
-    def __init__(self, source: str, key: str, why: str) -> None:
-        self.source, self.key, self.why = source, key, why
-        super().__init__(f"{source}: {key}: {why}" if key else f"{source}: {why}")
 
 
 def section_types() -> dict[str, type]:

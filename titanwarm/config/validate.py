@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from titanwarm import registry
+from titanwarm.config.errors import ConfigError
 from titanwarm.config.sections import JobConfig
 from titanwarm.distributed.parallel_dims import ParallelDims
 
@@ -135,8 +136,6 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
 def validate(cfg: JobConfig, source: str, origins: dict[str, str] | None = None) -> None:
     """Raise ``ConfigError`` for the first problem of ``cfg`` (see ``problems``), located in
     ``origins[key]`` (where that key was set) or else ``source``."""
-    from titanwarm.config.loader import ConfigError
-
     found = problems(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     if found:
         key, why = found[0]

@@ -11,6 +11,8 @@ Seams for the research features, so they plug in without editing the loop:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import time
 from typing import Callable
@@ -20,7 +22,9 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from titanwarm.archwarm.warmup import ArchitectureWarmup
 from titanwarm.checkpoint.fault import FaultGuard, TooManySkipsError
+from titanwarm.checkpoint.dcp_state import ModelState
 from titanwarm.checkpoint.manager import CheckpointManager
+from titanwarm.checkpoint.optimizer_state import OptimizerState
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
 from titanwarm.distributed.init import init_distributed, resolve_device
@@ -35,7 +39,7 @@ from titanwarm.registry import MODELS
 from titanwarm.stabilizers import install_stabilizers, stabilized_loss
 from titanwarm.tokenizers import load_tokenizer
 from titanwarm.trainer.curvature_hook import CurvatureHook
-from titanwarm.trainer.flops import mfu
+from titanwarm.trainer.flops import active_params, mfu
 
 HOOK_POINTS = ("before_optimizer_step", "after_optimizer_step", "after_step")
 
@@ -81,15 +85,26 @@ class Trainer:
         self.metrics = MetricsLogger(cfg.job.dump_folder, self.rank == 0,
                                      cfg.metrics.enable_tensorboard, cfg.metrics.console)
         self.hooks: dict[str, list[Callable[[Trainer], None]]] = {k: [] for k in HOOK_POINTS}
-        self.states: dict[str, Stateful] = {}
         self.step = 0
         self.step_metrics: dict[str, float] = {}
         # checkpoint seam: fault guard (skip/stop decisions) and the manager (load before the
-        # loop, save after a step); registered states (register_state) are saved with it.
-        self.fault = FaultGuard(cfg.fault, self.device)
+        # loop, save after a step) of the Stateful components in ``states``; register_state adds one.
+        self.fault = FaultGuard(cfg.fault)
         self.step_skipped: str | None = None
         self.stop_signal: str | None = None
-        self.checkpoint = CheckpointManager(self)
+        model_state = ModelState(self.model_parts)
+        self.states: dict[str, Stateful] = {
+            "train": self, "model": model_state,
+            "optimizer": OptimizerState(self.optimizer, model_state.named_parameters),
+            "dataloader": self.train_loader, "fault": self.fault}
+        pd = self.parallel_dims
+        self.checkpoint = CheckpointManager(
+            cfg.checkpoint, cfg.job.dump_folder, self.states, rank=self.rank, device=self.device,
+            model_record={"name": cfg.model.name, "flavor": cfg.model.flavor,
+                          "args": json.loads(json.dumps(dataclasses.asdict(self.model_args), default=str))},
+            run_record={"world_size": self.world_size,
+                        "layout": {"dp_replicate": pd.dp_replicate, "dp_shard": pd.dp_shard, "tp": pd.tp}},
+            log_event=self.metrics.log_event)
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         """The last micro-batch trained on (the curvature tracker's "train" batch)."""
         self.log_requested = False
@@ -107,10 +122,18 @@ class Trainer:
         self.hooks[point].append(fn)
 
     def register_state(self, name: str, obj: Stateful) -> None:
-        """Save and restore ``obj`` (``state_dict``/``load_state_dict``) with the trainer's state."""
+        """Save and restore ``obj`` (``state_dict``/``load_state_dict``) with the trainer's state
+        (the checkpoint manager's ``states``; it loads after the model, before the optimizer)."""
         if name in self.states:
             raise KeyError(f"state {name!r} is already registered")
         self.states[name] = obj
+
+    def state_dict(self) -> dict[str, int]:
+        """The trainer's own checkpointed state (``states["train"]``): the step."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
 
     def _run_hooks(self, point: str) -> None:
         for fn in self.hooks[point]:
@@ -132,6 +155,10 @@ class Trainer:
         with self.compute_context():
             logits = self.model(inputs)
         return self.loss_fn(logits, labels)
+
+    def active_layers(self) -> int:
+        """Blocks that train now (all of them without architecture warm-up)."""
+        return self.warmup.locks.n_active if self.warmup is not None else self.model_args.n_layers
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters that currently train (locked blocks excluded)."""
@@ -200,7 +227,8 @@ class Trainer:
         pd = self.parallel_dims
         if self.rank == 0:
             print(f"titanwarm: {cfg.job.description} | {cfg.model.name}/{cfg.model.flavor} "
-                  f"{self.n_params / 1e6:.2f}M params | world {self.world_size} "
+                  f"{self.n_params / 1e6:.2f}M params ({active_params(self.model.parameters()) / 1e6:.2f}M "
+                  f"training) | world {self.world_size} "
                   f"(dp_replicate {pd.dp_replicate} x dp_shard {pd.dp_shard} x tp {pd.tp}) | device {self.device} | "
                   f"global batch "
                   f"{self.global_batch} x {cfg.training.seq_len} tokens, grad accum {self.grad_accum}",
@@ -227,7 +255,8 @@ class Trainer:
                       "tokens_per_sec": tokens_per_step * window_steps / elapsed,
                       **memory_stats(self.device),
                       "optimizer_state_mib": state_bytes(self.optimizer) / 2**20, **self.step_metrics}
-            util = mfu(self.model_args, self.n_params, cfg.training.seq_len,
+            values["active_params"] = active_params(self.model.parameters())
+            util = mfu(self.model_args, self.active_layers(), cfg.training.seq_len,
                        values["tokens_per_sec"] / self.world_size, self.device)
             if util is not None:
                 values["mfu"] = util
