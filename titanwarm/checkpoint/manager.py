@@ -40,7 +40,8 @@ from titanwarm.checkpoint.dcp_state import (ModelState, dcp_load, load_buffers, 
 from titanwarm.checkpoint.errors import CheckpointError, CorruptCheckpointError
 from titanwarm.distributed.utils import all_reduce_max
 
-__all__ = ["CheckpointManager", "CheckpointError", "CorruptCheckpointError", "model_config_diff"]
+__all__ = ["CheckpointManager", "CheckpointError", "CorruptCheckpointError", "model_config_diff",
+           "resume_point"]
 
 EXPORT = "model_only"
 FORMAT = 1
@@ -73,6 +74,19 @@ def model_config_diff(saved: dict, current: dict) -> list[str]:
             continue
         diffs.append(f"{key} {sa.get(key, '<absent>')!r} (checkpoint) vs {ca.get(key, '<absent>')!r} (this run)")
     return diffs
+
+
+def resume_point(cfg: Checkpoint, dump_folder: str | Path) -> Path | None:
+    """The checkpoint a run with ``cfg`` will resume from (None: a fresh start or a warm start):
+    ``maybe_load`` then either loads one or stops with an error, so a caller may skip the work the
+    load overwrites (parameter init). Reads the folder only; not collective."""
+    if not cfg.enable:
+        return None
+    folder = Path(dump_folder) / cfg.folder
+    if cfg.load_step != -1:
+        return folder / f"step-{cfg.load_step}"
+    complete = fs.complete_steps(folder)
+    return complete[0][1] if complete else None
 
 
 class CheckpointManager:
@@ -276,16 +290,6 @@ class CheckpointManager:
         if self.cfg.initial_load_path:
             self._warm_start(Path(self.cfg.initial_load_path))
         return 0
-
-    def resume_point(self) -> Path | None:
-        """The checkpoint ``maybe_load`` will try first (None: a fresh start or a warm start), so a
-        caller can skip work that the load overwrites (parameter init). Not collective."""
-        if not self.enabled:
-            return None
-        if self.cfg.load_step != -1:
-            return self.folder / f"step-{self.cfg.load_step}"
-        complete = self.complete_steps()
-        return complete[0][1] if complete else None
 
     def _read_meta(self, path: Path) -> tuple[dict, Any]:
         """meta.json (manifest checked) and the DCP metadata of a complete checkpoint folder; checks

@@ -23,15 +23,15 @@ from torch.distributed.checkpoint.stateful import Stateful
 from titanwarm.archwarm.warmup import ArchitectureWarmup
 from titanwarm.checkpoint.fault import FaultGuard, TooManySkipsError
 from titanwarm.checkpoint.dcp_state import ModelState
-from titanwarm.checkpoint.manager import CheckpointManager
+from titanwarm.checkpoint.manager import CheckpointManager, resume_point
 from titanwarm.checkpoint.optimizer_state import OptimizerState
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
-from titanwarm.distributed.init import init_distributed, resolve_device
+from titanwarm.distributed.init import init_distributed, require_cublas_workspace, resolve_device
 from titanwarm.distributed.parallel_dims import ParallelDims
 from titanwarm.distributed.parallelize import loss_context
-from titanwarm.distributed.param_init import init_model
-from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
+from titanwarm.distributed.param_init import init_model, materialize
+from titanwarm.distributed.utils import all_reduce_max, all_reduce_mean, clip_grad_norm_
 from titanwarm.metrics import MetricsLogger, memory_stats
 from titanwarm.models.weight_init import init_sampler
 from titanwarm.optim import LRSchedule, build_optimizer, state_bytes
@@ -49,7 +49,12 @@ class Trainer:
 
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = cfg
+        clock = time.perf_counter()
+        self.startup: dict[str, float] = {}
+        """Seconds per start-up phase (mesh, build, init, data, checkpoint load), for the log line."""
         self.device = resolve_device(cfg.training.device)
+        if cfg.training.deterministic and self.device.type == "cuda":
+            require_cublas_workspace()
         self.world_size = init_distributed(self.device)
         self.parallel_dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
         self.parallel_dims.build_mesh(self.device.type)
@@ -57,13 +62,22 @@ class Trainer:
         torch.manual_seed(cfg.job.seed)
         if cfg.training.deterministic:
             torch.use_deterministic_algorithms(True)
+        clock = self._phase("mesh", clock)
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path)
         spec = MODELS.get(cfg.model.name)
         model = spec.build(cfg, self.tokenizer.vocab_size)
         self.model_args = model.args
         self.model = spec.parallelize_fn(model, self.parallel_dims, cfg)
-        init_model(self.model, self.device, cfg.job.seed)
+        clock = self._phase("build", clock)
+        # a run that resumes loads every weight: allocate without drawing (decided on all ranks)
+        fresh = resume_point(cfg.checkpoint, cfg.job.dump_folder) is None
+        self.resuming = all_reduce_max(1.0 if fresh else 0.0) == 0.0
+        if self.resuming:
+            materialize(self.model, self.device)
+        else:
+            init_model(self.model, self.device, cfg.job.seed)
+        clock = self._phase("init", clock)
         self.model_parts = [self.model]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.warmup = (ArchitectureWarmup(cfg.depth_schedule, self.model, cfg.lr_scheduler.warmup_steps,
@@ -81,6 +95,7 @@ class Trainer:
         self.train_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "train")
         self.val_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "val")
         self.train_iter = iter(self.train_loader)
+        clock = self._phase("data", clock)
 
         self.metrics = MetricsLogger(cfg.job.dump_folder, self.rank == 0,
                                      cfg.metrics.enable_tensorboard, cfg.metrics.console)
@@ -115,6 +130,11 @@ class Trainer:
             self.warmup.attach(self)  # after the tracker: a step is measured before its unlocks
 
     # ------------------------------------------------------------------ pieces
+    def _phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.startup[name] = now - since
+        return now
+
     def add_hook(self, point: str, fn: Callable[[Trainer], None]) -> None:
         """Run ``fn(trainer)`` at ``point`` (one of HOOK_POINTS) on every step."""
         if point not in self.hooks:
@@ -235,7 +255,13 @@ class Trainer:
                   flush=True)
         tokens_per_step = self.global_batch * cfg.training.seq_len
         window_start, window_steps = time.perf_counter(), 0
+        clock = time.perf_counter()
         self.checkpoint.maybe_load()
+        self._phase("checkpoint load", clock)
+        if self.rank == 0:
+            print("startup: " + " | ".join(
+                f"{k} {v:.2f}s" + (" (skipped: resuming)" if k == "init" and self.resuming else "")
+                for k, v in self.startup.items()), flush=True)
         self.fault.install_signal_handlers()
         while self.step < steps:
             self.step += 1
