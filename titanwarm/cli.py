@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if flags["print_schedule"]:
         print(schedule_table(cfg))
         return 0
+    if flags["estimate_memory"]:
+        from titanwarm.trainer.memory_plan import estimate
+
+        print(estimate(cfg, flags["world_size"] or 1).table(flags["device_memory"]))
+        return 0
 
     from titanwarm.distributed.torch_check import require_torch_features
 

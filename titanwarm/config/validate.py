@@ -60,8 +60,10 @@ def _get(cfg: JobConfig, dotted: str):
     return getattr(getattr(cfg, section), key)
 
 
-def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
-    """Every (key, why) problem of ``cfg`` for a run on ``world_size`` processes, in key order."""
+def problems(cfg: JobConfig, world_size: int, inputs: bool = True) -> list[tuple[str, str]]:
+    """Every (key, why) problem of ``cfg`` for a run on ``world_size`` processes, in key order;
+    ``inputs=False`` skips the checks of the input files and the dataset (a memory plan needs
+    neither)."""
     from titanwarm.config.loader import section_types
 
     found: list[tuple[str, str]] = []
@@ -83,7 +85,7 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
     for key, reg in (("model.name", registry.MODELS), ("optimizer.name", registry.OPTIMIZERS),
                      ("lr_scheduler.decay_type", registry.LR_SCHEDULES),
                      ("training.dataset", registry.DATASETS)):
-        if _get(cfg, key) not in reg:
+        if _get(cfg, key) not in reg and (inputs or key != "training.dataset"):
             found.append((key, reg.unknown_message(_get(cfg, key))))
     if found:
         return found
@@ -94,11 +96,11 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
                                       f"{', '.join(spec.flavors)}"))
         return found
     args = spec.flavors[cfg.model.flavor]
-    if not Path(cfg.model.tokenizer_path).is_file():
+    if inputs and not Path(cfg.model.tokenizer_path).is_file():
         found.append(("model.tokenizer_path", f"file not found: {cfg.model.tokenizer_path}"))
 
     t = cfg.training
-    if t.dataset in ("text", "jsonl", "hf") and not t.dataset_path:
+    if inputs and t.dataset in ("text", "jsonl", "hf") and not t.dataset_path:
         found.append(("training.dataset_path", f"dataset {t.dataset!r} needs at least one path"))
 
     p = cfg.parallelism
@@ -133,10 +135,13 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
     return found
 
 
-def validate(cfg: JobConfig, source: str, origins: dict[str, str] | None = None) -> None:
-    """Raise ``ConfigError`` for the first problem of ``cfg`` (see ``problems``), located in
-    ``origins[key]`` (where that key was set) or else ``source``."""
-    found = problems(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+def validate(cfg: JobConfig, source: str, origins: dict[str, str] | None = None,
+             world_size: int | None = None, inputs: bool = True) -> None:
+    """Raise ``ConfigError`` for the first problem of ``cfg`` (see ``problems``) on ``world_size``
+    ranks (default: torchrun's WORLD_SIZE), located in ``origins[key]`` (where that key was set) or
+    else ``source``."""
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    found = problems(cfg, world, inputs)
     if found:
         key, why = found[0]
         raise ConfigError((origins or {}).get(key, source), key, why)
