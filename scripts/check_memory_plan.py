@@ -18,9 +18,10 @@ from titanwarm.trainer import Trainer
 from titanwarm.trainer.memory_plan import GIB, estimate
 
 CASES = {
+    "AC none, batch 4": ["--training.local_batch_size", "4"],
     "AC none, batch 8": [],
-    "AC full, batch 8": ["--activation_checkpoint.mode", "full"],
-    "AC selective/2, batch 16": ["--activation_checkpoint.mode", "selective", "--training.local_batch_size", "16"],
+    "AC full, batch 4": ["--activation_checkpoint.mode", "full", "--training.local_batch_size", "4"],
+    "AC selective/2, batch 8": ["--activation_checkpoint.mode", "selective"],
 }
 MIB = 2**20
 
