@@ -7,7 +7,7 @@ truncated normals, as every 1B matrix is: its embedding is tied to the output pr
 scaled by parameter count to the whole model (1.24e9). "rank 0 of 8" is a fake 8-rank process group with FSDP2's
 Shard(0) layout in one process: what each of 8 ranks does.
 
-    OMP_NUM_THREADS=2 python scripts/bench_init.py
+    OMP_NUM_THREADS=1 python scripts/bench_init.py   # torchrun gives each rank 1 thread
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ scale: one training step (after a first one, so the optimizer state exists) of t
 (parameters, gradients, optimizer state, activations, temporaries). Prints a table; the planner's
 figures are float32 on CPU, so they compare like for like.
 
-    OMP_NUM_THREADS=2 python scripts/check_memory_plan.py
+    OMP_NUM_THREADS=1 python scripts/check_memory_plan.py
 """
 
 from __future__ import annotations
