@@ -15,8 +15,9 @@ over; c = bytes of the compute dtype: 2 for bf16 on CUDA, 4 on CPU):
   (``tracker_bytes``).
 
 Peak = persistent + the larger transient. Not counted: the CUDA context and allocator slack
-(reported as ``reserve_gib``), torch.compile's savings (activations are counted as eager: an upper
-bound with compile on). ``scripts/check_memory_plan.py`` compares the plan with a measured peak.
+(``RESERVE_GIB`` is kept free when judging a fit), torch.compile's savings (activations are
+counted as eager: an upper bound with compile on). ``scripts/check_memory_plan.py`` compares the
+plan with a measured peak.
 """
 
 from __future__ import annotations
