@@ -125,3 +125,26 @@ def test_entry_point_print_config():
     proc = run_train("--config", DEBUG, "--print-config", "--training.steps", "5")
     assert proc.returncode == 0, proc.stderr
     assert "[training]\n" in proc.stdout and "\nsteps = 5\n" in proc.stdout
+
+
+def test_print_config_creates_nothing(tmp_path):
+    """Validation only checks that the dump and checkpoint folders could be written; it creates
+    neither (``--print-config`` used to leave them behind)."""
+    dump = tmp_path / "not" / "yet"
+    proc = run_train("--config", DEBUG, "--print-config", "--job.dump_folder", str(dump),
+                     "--checkpoint.enable", "true")
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parsing_a_config_imports_no_engine():
+    """The schema is a leaf: loading and validating a TOML file imports neither the HVP engine nor
+    the tracker, and the schema alone does not import torch.distributed.tensor."""
+    code = ("import sys; import titanwarm.config.sections, titanwarm.config.errors; "
+            "assert 'torch.distributed.tensor' not in sys.modules, 'schema'; "
+            f"from titanwarm.config import load_config; load_config(['--config', {DEBUG!r}]); "
+            "bad = [m for m in ('titanwarm.curvature.hvp', 'titanwarm.curvature.tracker') if m in sys.modules]; "
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

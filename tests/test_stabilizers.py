@@ -287,7 +287,7 @@ def test_stabilised_training_matches_single_process(name: str, parallel_results:
     for m, r in zip(got["metrics"], ref["metrics"]):  # the same heads clip at every step
         assert r["qk_clipped_heads"] > 0 and m["qk_clipped_heads"] == r["qk_clipped_heads"]
         assert m.keys() == r.keys()
-        for key in r:
-            assert m[key] == pytest.approx(r[key], rel=1e-5), key
+        for key in r:  # max logits are functions of the weights: the weights' tolerance (below)
+            assert m[key] == pytest.approx(r[key], rel=1e-4 if key.startswith("qk_max_logit") else 1e-5), key
     for key, value in ref["params"].items():  # after the clipped updates
         assert rel(got["params"][key], value) < 1e-4, key

@@ -4,7 +4,6 @@ errors, and a real Llama 3 tokenizer.model loads through the same path."""
 import base64
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -101,16 +100,14 @@ def test_build_script_reproduces_shipped_files(tmp_path, vocab, files):
 
 
 def llama3_tokenizer_file() -> Path:
-    """Meta's Llama 3 tokenizer.model from the llama-models 0.3.0 wheel (downloaded once into the cache)."""
-    folder = cache_dir() / "llama-models-0.3.0"
-    model = folder / "tokenizer.model"
+    """Meta's Llama 3 tokenizer.model from the llama-models 0.3.0 wheel, fetched once into the cache
+    by the presets' own command (scripts/get_llama3_tokenizer.py)."""
+    model = cache_dir() / "llama-models-0.3.0" / "tokenizer.model"
     if not model.is_file():
-        pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "llama-models==0.3.0"]
-        proc = subprocess.run([*pip, "-d", str(folder)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "get_llama3_tokenizer.py"),
+                               "--out", str(model)], capture_output=True, text=True)
         if proc.returncode != 0:
-            pytest.skip(f"cannot download llama-models==0.3.0 (no network to PyPI?): {proc.stderr.strip()[-300:]}")
-        with zipfile.ZipFile(next(folder.glob("llama_models-0.3.0-*.whl"))) as wheel:
-            model.write_bytes(wheel.read("llama_models/llama3/tokenizer.model"))
+            pytest.skip(f"cannot fetch llama-models==0.3.0 (no network to PyPI?): {proc.stderr.strip()[-300:]}")
     return model
 
 

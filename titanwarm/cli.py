@@ -52,9 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     if flags["print_schedule"]:
         print(schedule_table(cfg))
         return 0
+    if flags["estimate_memory"]:
+        from titanwarm.trainer.memory_plan import estimate
 
+        print(estimate(cfg, flags["world_size"] or 1).table(flags["device_memory"]))
+        return 0
+
+    from titanwarm.distributed.torch_check import require_torch_features
+
+    try:
+        require_torch_features()
+    except RuntimeError as e:
+        print(f"environment error: {e}", file=sys.stderr)
+        return 2
+
+    from titanwarm.checkpoint.errors import CheckpointError
     from titanwarm.checkpoint.fault import TooManySkipsError
-    from titanwarm.checkpoint.manager import CheckpointError
     from titanwarm.data import DataError
     from titanwarm.tokenizers import TokenizerError
     from titanwarm.trainer import Trainer

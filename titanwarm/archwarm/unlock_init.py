@@ -14,8 +14,8 @@
   w1 x and w3 x, ...), so AdamW's update is exactly 0 and the block never moves
   (``tests/test_archwarm.py`` shows it).
 
-Random values are drawn per parameter from a generator seeded by (seed, name) and sliced per rank,
-so every parallel layout unlocks to the same weights.
+Random values are counter-based per parameter, keyed by (seed, name), each rank drawing its own
+shard (``param_init.draw_param``), so every parallel layout unlocks to the same weights.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from titanwarm.archwarm.locks import block_weights, unwrap
-from titanwarm.distributed.param_init import fill_param
-from titanwarm.models.weight_init import InitRule, param_generator
+from titanwarm.distributed.param_init import draw_param, fill_param
+from titanwarm.models.weight_init import InitRule, param_key
 
 OUTPUT_PROJECTIONS = ("attention.wo.weight", "feed_forward.w2.weight")
 """Names (inside a block) of the projections that end a residual branch."""
@@ -43,8 +43,9 @@ def init_unlocked(prefix: str, block: nn.Module, method: str, sample_init: Sampl
     for name, param in block_weights(block):
         key = f"{prefix}.{name}"
         if method == "noise":
-            full = InitRule("normal", noise_std).sample(param.shape, param_generator(seed, f"unlock/{key}"))
-        elif method == "zero_out" and name in OUTPUT_PROJECTIONS:
+            draw_param(param, InitRule("normal", noise_std), param_key(seed, f"unlock/{key}"))
+            continue
+        if method == "zero_out" and name in OUTPUT_PROJECTIONS:
             full = torch.zeros(param.shape)
         elif method in ("zero_out", "ramp"):
             full = sample_init(key, param.shape)

@@ -6,7 +6,6 @@ See docs/checkpointing.md for the layout on disk and the resume rules.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +13,15 @@ ASYNC_MODES = ("disabled", "async")
 
 
 def _writable(folder: str) -> str | None:
-    """None when a file can be created in ``folder`` (created if missing), else why not."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        return f"{e.strerror or e}"
+    """None when ``folder`` could be created (if missing) and written to, else why not. Creates
+    nothing: checks the nearest existing ancestor (a directory the user may write into)."""
+    path = Path(folder).absolute()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path}: permission denied"
     return None
 
 

@@ -13,9 +13,9 @@ import signal
 from collections import deque
 
 import torch
-import torch.distributed as dist
 
 from titanwarm.checkpoint.config import Fault
+from titanwarm.distributed.utils import all_reduce_mean
 
 
 class TooManySkipsError(RuntimeError):
@@ -25,9 +25,8 @@ class TooManySkipsError(RuntimeError):
 class FaultGuard:
     """Decides, once per step, whether the update is applied, and whether the run should stop."""
 
-    def __init__(self, cfg: Fault, device: torch.device) -> None:
+    def __init__(self, cfg: Fault) -> None:
         self.cfg = cfg
-        self.device = device
         self.skipped_steps = 0
         self.consecutive = 0
         self.losses: deque[float] = deque(maxlen=cfg.spike_window)
@@ -56,14 +55,8 @@ class FaultGuard:
     def global_values(self, loss: float) -> tuple[float, bool]:
         """(loss averaged over all ranks, whether any rank received SIGTERM/SIGINT): one all-reduce."""
         flag = 1.0 if self.signal_name else 0.0
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return loss, flag > 0
-        on_cuda = self.device.type == "cuda" and "nccl" in str(dist.get_backend()).lower()
-        t = torch.tensor([loss, flag], dtype=torch.float64,
-                         device=self.device if on_cuda else "cpu")
-        dist.all_reduce(t)
-        loss_sum, flags = t.tolist()
-        return loss_sum / dist.get_world_size(), flags > 0
+        loss_mean, flag_mean = all_reduce_mean(torch.tensor([loss, flag], dtype=torch.float64)).tolist()
+        return loss_mean, flag_mean > 0
 
     def check(self, step: int, loss: float, grad_norm: float) -> str | None:
         """Why step ``step`` must be skipped (None: apply it). ``loss`` must already be the global

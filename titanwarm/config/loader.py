@@ -24,19 +24,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+from titanwarm.config.errors import ConfigError
 from titanwarm.config.sections import JobConfig
 
 CLI = "command line"
-FLAGS = ("print_config", "print_schedule")
-"""Value-less command-line flags (``--print-config``, ``--print-schedule``)."""
-
-
-class ConfigError(ValueError):
-    """A configuration problem, located by source (file or command line) and key."""
-
-    def __init__(self, source: str, key: str, why: str) -> None:
-        self.source, self.key, self.why = source, key, why
-        super().__init__(f"{source}: {key}: {why}" if key else f"{source}: {why}")
+FLAGS = ("print_config", "print_schedule", "estimate_memory")
+"""Value-less command-line flags (``--print-config``, ``--print-schedule``, ``--estimate-memory``)."""
+OPTIONS = {"world_size": int, "device_memory": float}
+"""Command-line options with a value that are not config keys (``--world-size N`` and
+``--device-memory GIB``, for ``--estimate-memory``)."""
 
 
 def section_types() -> dict[str, type]:
@@ -155,14 +151,15 @@ def _apply(cfg: JobConfig, section: str, key: str, value: Any, source: str, from
     origins[f"{section}.{key}"] = source
 
 
-def split_argv(argv: list[str]) -> tuple[str | None, dict[str, bool], list[tuple[str, str]]]:
-    """Split argv into (config path, flags, [(dotted key, raw value)]).
+def split_argv(argv: list[str]) -> tuple[str | None, dict[str, Any], list[tuple[str, str]]]:
+    """Split argv into (config path, flags and options, [(dotted key, raw value)]).
 
     Accepts ``--config PATH`` (or torchtitan's ``--job.config_file PATH``), the flags in ``FLAGS``
-    and overrides as ``--section.key value`` or ``--section.key=value``.
+    (True when given), the ``OPTIONS`` (None when not given) and overrides as ``--section.key
+    value`` or ``--section.key=value``.
     """
     path: str | None = None
-    flags = {name: False for name in FLAGS}
+    flags: dict[str, Any] = {name: False for name in FLAGS} | {name: None for name in OPTIONS}
     overrides: list[tuple[str, str]] = []
     i = 0
     while i < len(argv):
@@ -170,7 +167,7 @@ def split_argv(argv: list[str]) -> tuple[str | None, dict[str, bool], list[tuple
         if not arg.startswith("--"):
             raise ConfigError(CLI, arg, "unexpected argument; use --config PATH and --section.key value")
         name, eq, value = arg[2:].partition("=")
-        if name.replace("-", "_") in flags:
+        if name.replace("-", "_") in FLAGS:
             if eq:
                 raise ConfigError(CLI, arg, "this flag takes no value")
             flags[name.replace("-", "_")] = True
@@ -184,6 +181,13 @@ def split_argv(argv: list[str]) -> tuple[str | None, dict[str, bool], list[tuple
         i += 1
         if name in ("config", "job.config_file"):
             path = value
+        elif name.replace("-", "_") in OPTIONS:
+            kind = OPTIONS[name.replace("-", "_")]
+            try:
+                flags[name.replace("-", "_")] = kind(value)
+            except ValueError:
+                raise ConfigError(CLI, arg, f"expected {'an integer' if kind is int else 'a number'}, "
+                                            f"got {value!r}") from None
         elif "." in name:
             overrides.append((name, value))
         else:
@@ -192,8 +196,9 @@ def split_argv(argv: list[str]) -> tuple[str | None, dict[str, bool], list[tuple
     return path, flags, overrides
 
 
-def load_config(argv: list[str]) -> tuple[JobConfig, dict[str, bool]]:
-    """Build the resolved ``JobConfig`` from argv (see ``split_argv``) and validate it."""
+def load_config(argv: list[str]) -> tuple[JobConfig, dict[str, Any]]:
+    """Build the resolved ``JobConfig`` from argv (see ``split_argv``) and validate it (for
+    ``--estimate-memory``: on ``--world-size`` ranks, without requiring the input files)."""
     from titanwarm.config.validate import validate
 
     path, flags, overrides = split_argv(argv)
@@ -216,7 +221,10 @@ def load_config(argv: list[str]) -> tuple[JobConfig, dict[str, bool]]:
     for dotted, raw in overrides:
         section, _, key = dotted.partition(".")
         _apply(cfg, section, key.replace("-", "_"), raw, CLI, from_cli=True, origins=origins)
-    validate(cfg, source, origins)
+    if flags["estimate_memory"]:
+        validate(cfg, source, origins, world_size=flags["world_size"] or 1, inputs=False)
+    else:
+        validate(cfg, source, origins)
     return cfg, flags
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from titanwarm import registry
+from titanwarm.config.errors import ConfigError
 from titanwarm.config.sections import JobConfig
 from titanwarm.distributed.parallel_dims import ParallelDims
 
@@ -62,8 +63,10 @@ def _get(cfg: JobConfig, dotted: str):
     return getattr(getattr(cfg, section), key)
 
 
-def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
-    """Every (key, why) problem of ``cfg`` for a run on ``world_size`` processes, in key order."""
+def problems(cfg: JobConfig, world_size: int, inputs: bool = True) -> list[tuple[str, str]]:
+    """Every (key, why) problem of ``cfg`` for a run on ``world_size`` processes, in key order;
+    ``inputs=False`` skips the checks of the input files and the dataset (a memory plan needs
+    neither)."""
     from titanwarm.config.loader import section_types
 
     found: list[tuple[str, str]] = []
@@ -85,7 +88,7 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
     for key, reg in (("model.name", registry.MODELS), ("optimizer.name", registry.OPTIMIZERS),
                      ("lr_scheduler.decay_type", registry.LR_SCHEDULES),
                      ("training.dataset", registry.DATASETS)):
-        if _get(cfg, key) not in reg:
+        if _get(cfg, key) not in reg and (inputs or key != "training.dataset"):
             found.append((key, reg.unknown_message(_get(cfg, key))))
     if found:
         return found
@@ -96,11 +99,11 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
                                       f"{', '.join(spec.flavors)}"))
         return found
     args = spec.flavors[cfg.model.flavor]
-    if not Path(cfg.model.tokenizer_path).is_file():
+    if inputs and not Path(cfg.model.tokenizer_path).is_file():
         found.append(("model.tokenizer_path", f"file not found: {cfg.model.tokenizer_path}"))
 
     t = cfg.training
-    if t.dataset in ("text", "jsonl", "hf", "tokens") and not t.dataset_path:
+    if inputs and t.dataset in ("text", "jsonl", "hf", "tokens") and not t.dataset_path:
         found.append(("training.dataset_path", f"dataset {t.dataset!r} needs at least one path"))
     if t.dataset_weights and (len(t.dataset_weights) != len(t.dataset_path) or min(t.dataset_weights) <= 0):
         found.append(("training.dataset_weights", f"{t.dataset_weights}: need one positive weight per "
@@ -138,12 +141,13 @@ def problems(cfg: JobConfig, world_size: int) -> list[tuple[str, str]]:
     return found
 
 
-def validate(cfg: JobConfig, source: str, origins: dict[str, str] | None = None) -> None:
-    """Raise ``ConfigError`` for the first problem of ``cfg`` (see ``problems``), located in
-    ``origins[key]`` (where that key was set) or else ``source``."""
-    from titanwarm.config.loader import ConfigError
-
-    found = problems(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+def validate(cfg: JobConfig, source: str, origins: dict[str, str] | None = None,
+             world_size: int | None = None, inputs: bool = True) -> None:
+    """Raise ``ConfigError`` for the first problem of ``cfg`` (see ``problems``) on ``world_size``
+    ranks (default: torchrun's WORLD_SIZE), located in ``origins[key]`` (where that key was set) or
+    else ``source``."""
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    found = problems(cfg, world, inputs)
     if found:
         key, why = found[0]
         raise ConfigError((origins or {}).get(key, source), key, why)

@@ -50,3 +50,22 @@ def init_distributed(device: torch.device | str) -> int:
     else:
         dist.init_process_group(backend="gloo")
     return dist.get_world_size()
+
+
+CUBLAS_WORKSPACES = (":4096:8", ":16:8")
+"""The CUBLAS_WORKSPACE_CONFIG values with which cuBLAS is deterministic (CUDA >= 10.2)."""
+
+
+def require_cublas_workspace() -> None:
+    """For ``[training] deterministic = true`` on CUDA, before the first matmul: set
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when unset (torch otherwise raises at the first cuBLAS call),
+    and stop with one line when it is set to a value that is not deterministic."""
+    value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if value is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACES[0]
+        if os.environ.get("RANK", "0") == "0":
+            print(f"deterministic: set CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACES[0]} "
+                  "(cuBLAS needs it for deterministic matmuls)", flush=True)
+    elif value not in CUBLAS_WORKSPACES:
+        raise RuntimeError(f"[training] deterministic = true needs CUBLAS_WORKSPACE_CONFIG set to "
+                           f"{' or '.join(CUBLAS_WORKSPACES)}, not {value!r}")

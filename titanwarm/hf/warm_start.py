@@ -1,8 +1,8 @@
-"""``[checkpoint] initial_load_path`` pointing at a Hugging Face folder: the trainer's side.
+"""``[checkpoint] initial_load_path`` pointing at a Hugging Face folder: the checkpoint manager's side.
 
-``hf_warm_start(trainer, path)`` loads the folder's weights into the trainer's model (any layout)
-and reports it like a DCP warm start (console line, ``warm_start`` event); an unusable folder raises
-``CheckpointError`` (exit status 2, one line). ``config_problem`` is the load-time check of the
+``hf_warm_start(model_parts, model_args, path)`` loads the folder's weights into the model (any
+layout); the manager reports it like a DCP warm start (console line, ``warm_start`` event). An
+unusable folder raises ``CheckpointError`` (exit status 2, one line). ``config_problem`` is the load-time check of the
 folder's config.json against the configured flavor.
 """
 
@@ -10,23 +10,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from titanwarm.hf.convert import HFError, check_hf_config, is_hf_folder, read_hf_config
 from titanwarm.hf.load import load_hf_weights
+from titanwarm.models.llama3.args import ModelArgs
 
 __all__ = ["config_problem", "hf_warm_start", "is_hf_folder"]
 
 
-def hf_warm_start(trainer, path: Path) -> None:
-    """Model weights of ``trainer`` from the HF folder ``path`` (optimizer, data, step start fresh)."""
-    from titanwarm.checkpoint.manager import CheckpointError
+def hf_warm_start(model_parts: list[nn.Module], model_args: ModelArgs, path: Path) -> int:
+    """Model weights of ``model_parts`` (shape ``model_args``) from the HF folder ``path`` (optimizer,
+    data, step start fresh); returns the number of tensors loaded. Raises CheckpointError."""
+    from titanwarm.checkpoint.errors import CheckpointError
 
     try:
-        n = load_hf_weights(trainer.model_parts, trainer.model_args, path)
+        return load_hf_weights(model_parts, model_args, path)
     except HFError as e:
         raise CheckpointError(f"checkpoint.initial_load_path: {e}") from e
-    if trainer.rank == 0:
-        print(f"warm start: model weights from the Hugging Face folder {path} ({n} tensors)", flush=True)
-    trainer.metrics.log_event("warm_start", trainer.step, {"path": str(path), "format": "hf"})
 
 
 def config_problem(path: str, args, flavor: str) -> str | None:

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import importlib
+
 from titanwarm.stabilizers.config import Stabilizers
-from titanwarm.stabilizers.loss import logsumexp, stabilized_loss, z_loss
-from titanwarm.stabilizers.qk_clip import QKClip, attention_modules, clip_factors, scale_rows_
 
 if TYPE_CHECKING:
+    from titanwarm.stabilizers.loss import logsumexp, stabilized_loss, z_loss
+    from titanwarm.stabilizers.qk_clip import QKClip, attention_modules, clip_factors, scale_rows_
     from titanwarm.trainer.trainer import Trainer
+
+_LAZY = {"logsumexp": "loss", "stabilized_loss": "loss", "z_loss": "loss", "QKClip": "qk_clip",
+         "attention_modules": "qk_clip", "clip_factors": "qk_clip", "scale_rows_": "qk_clip"}
+"""Imported on first use, so that the config schema (which imports ``stabilizers.config``) loads
+without torch.distributed.tensor."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["QKClip", "Stabilizers", "attention_modules", "clip_factors", "describe",
            "install_stabilizers", "logsumexp", "scale_rows_", "stabilized_loss", "z_loss"]
@@ -53,6 +66,8 @@ def install_stabilizers(trainer: Trainer) -> QKClip | None:
                   "scale, so qk_clip only monitors the max logits", flush=True)
     if not cfg.qk_clip:
         return None
+    from titanwarm.stabilizers.qk_clip import QKClip
+
     clip = QKClip(trainer.model, args.n_heads, args.kv_heads, args.head_dim,
                   cfg.qk_clip_tau, cfg.qk_clip_alpha)
     trainer.add_hook("after_optimizer_step", lambda tr: tr.step_metrics.update(clip.step()))

@@ -11,7 +11,9 @@ Seams for the research features, so they plug in without editing the loop:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
+import json
 import math
 import time
 from typing import Callable
@@ -21,14 +23,17 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 from titanwarm.archwarm.warmup import ArchitectureWarmup
 from titanwarm.checkpoint.fault import FaultGuard, TooManySkipsError
-from titanwarm.checkpoint.manager import CheckpointManager
+from titanwarm.checkpoint.dcp_state import ModelState
+from titanwarm.checkpoint.manager import CheckpointManager, resume_point
+from titanwarm.checkpoint.optimizer_state import OptimizerState
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
-from titanwarm.distributed.init import init_distributed, resolve_device, resolve_param_dtype
+from titanwarm.distributed.init import (init_distributed, require_cublas_workspace, resolve_device,
+                                     resolve_param_dtype)
 from titanwarm.distributed.parallel_dims import ParallelDims
 from titanwarm.distributed.parallelize import loss_context
-from titanwarm.distributed.param_init import init_model
-from titanwarm.distributed.utils import all_reduce_mean, clip_grad_norm_
+from titanwarm.distributed.param_init import init_model, materialize
+from titanwarm.distributed.utils import all_reduce_max, all_reduce_mean, clip_grad_norm_
 from titanwarm.metrics import MetricsLogger, memory_stats
 from titanwarm.models.weight_init import init_sampler
 from titanwarm.optim import LRSchedule, build_optimizer, state_bytes
@@ -38,7 +43,7 @@ from titanwarm.report.at_end import write_run_report
 from titanwarm.stabilizers import install_stabilizers, stabilized_loss
 from titanwarm.tokenizers import load_tokenizer
 from titanwarm.trainer.curvature_hook import CurvatureHook
-from titanwarm.trainer.flops import mfu
+from titanwarm.trainer.flops import active_params, mfu
 
 HOOK_POINTS = ("before_optimizer_step", "after_optimizer_step", "after_step")
 
@@ -48,7 +53,12 @@ class Trainer:
 
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = cfg
+        clock = time.perf_counter()
+        self.startup: dict[str, float] = {}
+        """Seconds per start-up phase (mesh, build, init, data, checkpoint load), for the log line."""
         self.device = resolve_device(cfg.training.device)
+        if cfg.training.deterministic and self.device.type == "cuda":
+            require_cublas_workspace()
         self.world_size = init_distributed(self.device)
         self.parallel_dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
         self.parallel_dims.build_mesh(self.device.type)
@@ -56,13 +66,22 @@ class Trainer:
         torch.manual_seed(cfg.job.seed)
         if cfg.training.deterministic:
             torch.use_deterministic_algorithms(True)
+        clock = self._phase("mesh", clock)
 
         self.tokenizer = load_tokenizer(cfg.model.tokenizer_path)
         spec = MODELS.get(cfg.model.name)
         model = spec.build(cfg, self.tokenizer.vocab_size)
         self.model_args = model.args
         self.model = spec.parallelize_fn(model, self.parallel_dims, cfg)
-        init_model(self.model, self.device, cfg.job.seed)
+        clock = self._phase("build", clock)
+        # a run that resumes loads every weight: allocate without drawing (decided on all ranks)
+        fresh = resume_point(cfg.checkpoint, cfg.job.dump_folder) is None
+        self.resuming = all_reduce_max(1.0 if fresh else 0.0) == 0.0
+        if self.resuming:
+            materialize(self.model, self.device)
+        else:
+            init_model(self.model, self.device, cfg.job.seed)
+        clock = self._phase("init", clock)
         self.model_parts = [self.model]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         self.warmup = (ArchitectureWarmup(cfg.depth_schedule, self.model, cfg.lr_scheduler.warmup_steps,
@@ -82,19 +101,32 @@ class Trainer:
         self.val_loader = build_dataloader(cfg, self.tokenizer, dp_rank, dp_world, "val")
         self.train_iter = (itertools.cycle(list(self.train_loader.batches(self.grad_accum)))
                            if t.fixed_batch else iter(self.train_loader))  # full batch: same data every step
+        clock = self._phase("data", clock)
 
         self.metrics = MetricsLogger(cfg.job.dump_folder, self.rank == 0,
                                      cfg.metrics.enable_tensorboard, cfg.metrics.console)
         self.hooks: dict[str, list[Callable[[Trainer], None]]] = {k: [] for k in HOOK_POINTS}
-        self.states: dict[str, Stateful] = {}
         self.step = 0
         self.step_metrics: dict[str, float] = {}
         # checkpoint seam: fault guard (skip/stop decisions) and the manager (load before the
-        # loop, save after a step); registered states (register_state) are saved with it.
-        self.fault = FaultGuard(cfg.fault, self.device)
+        # loop, save after a step) of the Stateful components in ``states``; register_state adds one.
+        self.fault = FaultGuard(cfg.fault)
         self.step_skipped: str | None = None
         self.stop_signal: str | None = None
-        self.checkpoint = CheckpointManager(self)
+        model_state = ModelState(self.model_parts)
+        self.states: dict[str, Stateful] = {
+            "train": self, "model": model_state,
+            "optimizer": OptimizerState(self.optimizer, model_state.named_parameters),
+            "dataloader": self.train_loader, "fault": self.fault}
+        pd = self.parallel_dims
+        self.checkpoint = CheckpointManager(
+            cfg.checkpoint, cfg.job.dump_folder, self.states, rank=self.rank, device=self.device,
+            model_record={"name": cfg.model.name, "flavor": cfg.model.flavor,
+                          "args": json.loads(json.dumps(dataclasses.asdict(self.model_args), default=str))},
+            model_args=self.model_args,
+            run_record={"world_size": self.world_size,
+                        "layout": {"dp_replicate": pd.dp_replicate, "dp_shard": pd.dp_shard, "tp": pd.tp}},
+            log_event=self.metrics.log_event)
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
         """The last micro-batch trained on (the curvature tracker's "train" batch)."""
         self.log_requested = False
@@ -106,6 +138,11 @@ class Trainer:
             self.warmup.attach(self)  # after the tracker: a step is measured before its unlocks
 
     # ------------------------------------------------------------------ pieces
+    def _phase(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.startup[name] = now - since
+        return now
+
     def add_hook(self, point: str, fn: Callable[[Trainer], None]) -> None:
         """Run ``fn(trainer)`` at ``point`` (one of HOOK_POINTS) on every step."""
         if point not in self.hooks:
@@ -113,10 +150,18 @@ class Trainer:
         self.hooks[point].append(fn)
 
     def register_state(self, name: str, obj: Stateful) -> None:
-        """Save and restore ``obj`` (``state_dict``/``load_state_dict``) with the trainer's state."""
+        """Save and restore ``obj`` (``state_dict``/``load_state_dict``) with the trainer's state
+        (the checkpoint manager's ``states``; it loads after the model, before the optimizer)."""
         if name in self.states:
             raise KeyError(f"state {name!r} is already registered")
         self.states[name] = obj
+
+    def state_dict(self) -> dict[str, int]:
+        """The trainer's own checkpointed state (``states["train"]``): the step."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
 
     def _run_hooks(self, point: str) -> None:
         for fn in self.hooks[point]:
@@ -138,6 +183,10 @@ class Trainer:
         with self.compute_context():
             logits = self.model(inputs)
         return self.loss_fn(logits, labels)
+
+    def active_layers(self) -> int:
+        """Blocks that train now (all of them without architecture warm-up)."""
+        return self.warmup.locks.n_active if self.warmup is not None else self.model_args.n_layers
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters that currently train (locked blocks excluded)."""
@@ -206,14 +255,21 @@ class Trainer:
         pd = self.parallel_dims
         if self.rank == 0:
             print(f"titanwarm: {cfg.job.description} | {cfg.model.name}/{cfg.model.flavor} "
-                  f"{self.n_params / 1e6:.2f}M params | world {self.world_size} "
+                  f"{self.n_params / 1e6:.2f}M params ({active_params(self.model.parameters()) / 1e6:.2f}M "
+                  f"training) | world {self.world_size} "
                   f"(dp_replicate {pd.dp_replicate} x dp_shard {pd.dp_shard} x tp {pd.tp}) | device {self.device} | "
                   f"global batch "
                   f"{self.global_batch} x {cfg.training.seq_len} tokens, grad accum {self.grad_accum}",
                   flush=True)
         tokens_per_step = self.global_batch * cfg.training.seq_len
         window_start, window_steps = time.perf_counter(), 0
+        clock = time.perf_counter()
         self.checkpoint.maybe_load()
+        self._phase("checkpoint load", clock)
+        if self.rank == 0:
+            print("startup: " + " | ".join(
+                f"{k} {v:.2f}s" + (" (skipped: resuming)" if k == "init" and self.resuming else "")
+                for k, v in self.startup.items()), flush=True)
         self.metrics.log_event("start", self.step, {"total_steps": steps, "tokens_per_step": tokens_per_step,
                                                     "world_size": self.world_size, "n_params": self.n_params},
                                console=False)
@@ -236,7 +292,8 @@ class Trainer:
                       "tokens_per_sec": tokens_per_step * window_steps / elapsed,
                       **memory_stats(self.device),
                       "optimizer_state_mib": state_bytes(self.optimizer) / 2**20, **self.step_metrics}
-            util = mfu(self.model_args, self.n_params, cfg.training.seq_len,
+            values["active_params"] = active_params(self.model.parameters())
+            util = mfu(self.model_args, self.active_layers(), cfg.training.seq_len,
                        values["tokens_per_sec"] / self.world_size, self.device)
             if util is not None:
                 values["mfu"] = util

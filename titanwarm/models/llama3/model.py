@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from titanwarm.models.llama3.args import ModelArgs, RopeScaling
-from titanwarm.models.weight_init import InitRule, param_generator
+from titanwarm.models.weight_init import InitRule, param_key
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
@@ -232,11 +232,11 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
-        """Initialise an unsharded model per ``init_plan``, each parameter from its own seeded generator.
+        """Initialise an unsharded model per ``init_plan``, each parameter from its own counter-based stream.
 
         Gives the same values as ``titanwarm.distributed.param_init.init_model`` does in any layout.
         """
         self.init_buffers()
         plan = self.init_plan()
         for name, param in self.named_parameters():
-            param.copy_(plan[name].sample(param.shape, param_generator(seed, name)))
+            param.copy_(plan[name].sample(param.shape, param_key(seed, name), param.device))
