@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from titanwarm.config.sections import JobConfig
+from titanwarm.distributed.init import resolve_param_dtype
 from titanwarm.distributed.parallel_dims import ParallelDims
 
 GIB = 2**30
@@ -89,15 +90,14 @@ def tracker_bytes(cfg: JobConfig, trained: int, shard: int, args, c: int, tp: in
     where the tracker keeps ONE parameter-sized fp32 vector between solves (sharded like the
     parameters, locked blocks excluded) and a solve holds max_hvps + 2 such vectors (Lanczos basis
     and work vectors) plus one HVP pass: a double backward on ``[curvature] batch_size`` sequences
-    per rank in ``[curvature] dtype`` (default: the training micro-batch and compute dtype), whose
+    per rank (0: the training micro-batch) in ``[curvature] dtype`` (float32 or the compute dtype), whose
     saved activations are about twice a plain forward's (the first backward's graph is kept)."""
     cur = cfg.curvature
     if not cur.enabled:
         return 0.0, 0.0
     vector = trained * 4 / shard
-    batch = getattr(cur, "batch_size", 0) or cfg.training.local_batch_size
-    dtype = getattr(cur, "dtype", "")
-    hvp_c = torch.finfo(getattr(torch, dtype)).bits // 8 if dtype else c
+    batch = cur.batch_size or cfg.training.local_batch_size
+    hvp_c = 4 if cur.dtype == "float32" else c  # "param": the training compute dtype
     seq = cfg.training.seq_len
     hvp_pass = (2 * activation_bytes(args, batch * seq, seq, hvp_c, "none", 1, tp, args.n_layers)
                 + batch * seq * args.vocab_size * (hvp_c + 8))  # the pass's logits, as in training
@@ -125,7 +125,7 @@ def estimate(cfg: JobConfig, world_size: int) -> MemoryPlan:
     dims = ParallelDims.from_config(cfg.parallelism, world_size)
     shard, tp = dims.dp_shard * dims.tp, dims.tp
     cuda = cfg.training.device != "cpu"
-    c = torch.finfo(getattr(torch, cfg.training.mixed_precision_param)).bits // 8 if cuda else 4
+    c = resolve_param_dtype(cfg.training.mixed_precision_param, "cuda" if cuda else "cpu").itemsize
     reduce_c = torch.finfo(getattr(torch, cfg.training.mixed_precision_reduce)).bits // 8 if cuda else 4
 
     params = {id(p): p.numel() for p in model.parameters()}
