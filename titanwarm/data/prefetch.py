@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -68,6 +68,10 @@ class Prefetcher:
             raise item
         batch, self._state = item
         return batch
+
+    def batches(self, n: int) -> Iterator[Batch]:
+        """The wrapped loader's first ``n`` batches (position-independent; full-batch training)."""
+        return self.loader.batches(n)
 
     def state_dict(self) -> dict:
         """The wrapped loader's state after the last consumed batch."""
