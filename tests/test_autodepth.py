@@ -198,7 +198,9 @@ RUN = ["train.py", "--model.flavor", "depth4", "--training.steps", str(STEPS),
        "--depth_schedule.start", "2", "--depth_schedule.min_interval", "2",
        "--depth_schedule.patience", "2", "--depth_schedule.target_ratio", "0.05",
        "--depth_schedule.all_unlocked_by", "10",
-       "--curvature.enabled", "true", "--curvature.interval", "1"]
+       "--curvature.enabled", "true", "--curvature.interval", "1",
+       # HVPs on the whole local batch: the same 4 sequences on 1 process (4) and 2 processes (2 + 2)
+       "--curvature.batch_size", "0"]
 
 
 def records(folder: Path) -> tuple[list[dict], list[dict]]:
