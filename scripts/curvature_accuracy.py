@@ -133,10 +133,11 @@ def main() -> None:
                 row[("cold", m, k)] = est[k - 1]
         rows.append(row)
         t_track += time.perf_counter() - t0
+        hot_cells = "  ".join(f"hot {m} k={k} {row[('hot', m, k)]:10.4g}"
+                              for m in methods for k in ks if k in (3, 5))
         print(f"step {tr.step:4d}  lr {tr.lr:.2e}  λmax(G) ref {ref.lambda_max:10.4g} "
               f"(lr·λ {tr.lr * ref.lambda_max:6.3g}; {ref.hvps} HVPs, residual {ref.residual:.1e})  "
-              " ".join(f"hot {m} k={k} {row[('hot', m, k)]:10.4g}" for m in methods for k in ks if k in (3, 5)),
-              flush=True)
+              f"{hot_cells}", flush=True)
 
     trainer.add_hook("after_optimizer_step", track)
     t0 = time.perf_counter()
