@@ -2,8 +2,9 @@
 
 Run under torchrun (``--layout fsdp|tp|fsdp_tp``) or in-process (``run("single", ...)``). Builds
 the same model from the same seed on every rank, parallelises it with torch's ``fully_shard`` /
-``parallelize_module`` directly, takes a few AdamW steps on the global batch (each data-parallel
-rank on its slice), then measures λmax with CurvatureTracker for each HVP method. Rank 0 writes a
+``parallelize_module`` directly, gives it the weights and AdamW state of a few single-process AdamW
+steps on the global batch, then measures λmax with CurvatureTracker for each HVP method (each
+data-parallel rank on its slice of the batch). Rank 0 writes a
 JSON dict ``{hvp: {"g": λ_G, "h": λ_H, "g_power3": λ after 3 power iterations}}``.
 
 The model is chosen by ``--model`` from ``MODELS`` (name -> (builder, TP plan for one block or a
@@ -16,6 +17,7 @@ embedding/output; ``apply_fsdp``: FSDP2 per block then the root, fp32).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -24,6 +26,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
@@ -151,15 +155,24 @@ def run(layout: str, model_name: str = "mini", adam_steps: int = 3) -> dict:
     model = build().to(device)
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g).to(device)
+    # the AdamW steps run on one unsharded copy on every rank (Adam's first steps turn
+    # layout-dependent rounding of tiny gradients into visibly different weights); the layout
+    # under test then gets exactly those weights and that Adam state, so only the tracker differs
+    trained = copy.deepcopy(model)
+    ref_opt = torch.optim.AdamW(trained.parameters(), lr=3e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    for _ in range(adam_steps):
+        ref_opt.zero_grad()
+        loss_fn([trained], (tokens[:, :-1], tokens[:, 1:])).backward()
+        ref_opt.step()
     dp_rank, dp_size = parallelize(model, layout, plan, device)
     per = BATCH // dp_size
     local = tokens[dp_rank * per:(dp_rank + 1) * per]
     batch = (local[:, :-1], local[:, 1:])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-2, betas=(0.9, 0.95), weight_decay=0.0)
-    for _ in range(adam_steps):
-        opt.zero_grad()
-        loss_fn([model], batch).backward()
-        opt.step()
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, trained.state_dict(), options=full)
+    set_optimizer_state_dict(model, opt, get_optimizer_state_dict(trained, ref_opt, options=full),
+                             options=full)
     out = {}
     # mini: larger than the default (fp32 rounding dominates on this tiny model); llama: the
     # default 1e-4 (1e-3 already costs 0.9% on λ(H) by truncation error, measured)
