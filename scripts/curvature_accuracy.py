@@ -92,6 +92,8 @@ def main() -> None:
                     help="HVP budgets to report (comma-separated; the cold solve runs the largest)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help="solvers to measure (comma-separated subset of power,lanczos)")
+    ap.add_argument("--min-v-hat-ratio", type=float, default=0.0,
+                    help="[curvature] min_v_hat_ratio of every tracker (0: the full G)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     ks = tuple(int(k) for k in args.ks.split(","))
@@ -103,7 +105,7 @@ def main() -> None:
     cfg, _ = run_config(args.flavor, args.seq_len, args.batch, args.steps, dump, args.lr, args.warmup)
     trainer = Trainer(cfg)
     loss_fn = tracker_loss_fn(trainer)
-    common = dict(hvp=args.hvp, seed=cfg.job.seed)
+    common = dict(hvp=args.hvp, seed=cfg.job.seed, min_v_hat_ratio=args.min_v_hat_ratio)
     hot = {(m, k): CurvatureTracker(trainer.model_parts, trainer.optimizer, method=m, max_hvps=k,
                                     tol=0.0, warm_start=True, **common)
            for m in methods for k in ks}
@@ -147,7 +149,8 @@ def main() -> None:
     stats = rows[1:]
     print(f"\n{args.flavor}, seq {args.seq_len}, batch {args.batch}, {args.steps} steps, AdamW lr "
           f"{args.lr:g} (warmup {args.warmup}), tracked every {args.interval} steps on "
-          f"{'one fixed held-out' if fixed is not None else 'the training'} batch; hvp={args.hvp}, CPU fp32, {threads} thread(s).")
+          f"{'one fixed held-out' if fixed is not None else 'the training'} batch; hvp={args.hvp}, "
+          f"min_v_hat_ratio={args.min_v_hat_ratio:g}, CPU fp32, {threads} thread(s).")
     print(f"reference: warm Lanczos, ≤{args.ref_hvps} HVPs, tol {args.ref_tol:g}: HVPs used "
           f"{min(r['ref_hvps'] for r in rows)}–{max(r['ref_hvps'] for r in rows)}, residual ≤ "
           f"{max(r['ref_res'] for r in rows):.1e}; λmax(G) range {min(r['ref'] for r in rows):.4g}–"

@@ -23,8 +23,13 @@ the last):
   trainable tensors whose gradient RMS is below Adam's eps): when gradients fall under eps the
   update shrinks and Adam stops adapting (Wortsman et al.'s "eps" failure).
 
+**Restricted readings** (``--readings``, the tracker-at-scale issue's unlock and held-out study,
+``scripts/curvature_readings.py``): at the run's tracked steps, λmax(G) without the parameters
+younger than ``--young-steps`` Adam updates, and every ``--check-every`` steps exact checks on the
+training and the held-out probe batch with and without ``min_v_hat_ratio`` (``RestrictedReadings``).
+
 Driven by ``scripts/edge_of_stability.py`` (experiment 1), ``scripts/lr_sensitivity.py``
-(experiment 2) and ``scripts/depth_spikes.py`` (experiment 3).
+(experiment 2), ``scripts/depth_spikes.py`` (experiment 3) and ``scripts/curvature_readings.py``.
 """
 
 from __future__ import annotations
@@ -94,6 +99,17 @@ class MechanismProbe:
         trainer.log_requested = True
 
 
+def tracker_loss(trainer: Trainer):
+    """The tracker's ``loss_fn`` for this trainer's model (training loss, compute context)."""
+    def loss_fn(parts: list[torch.nn.Module], batch: tuple) -> torch.Tensor:
+        inputs, labels = (t.to(trainer.device) for t in batch)
+        with trainer.compute_context():
+            logits = parts[0](inputs)
+        return trainer.loss_fn(logits, labels)
+
+    return loss_fn
+
+
 class ColdCheck:
     """``after_optimizer_step`` hook (added after the warm tracker's): a fresh-start Lanczos solve."""
 
@@ -107,16 +123,57 @@ class ColdCheck:
     def __call__(self, trainer: Trainer) -> None:
         if trainer.step % self.every and trainer.step != trainer.cfg.lr_scheduler.warmup_steps:
             return
-
-        def loss_fn(parts: list[torch.nn.Module], batch: tuple) -> torch.Tensor:
-            inputs, labels = (t.to(trainer.device) for t in batch)
-            with trainer.compute_context():
-                logits = parts[0](inputs)
-            return trainer.loss_fn(logits, labels)
-
-        est = self.tracker.step(loss_fn, trainer.batch)
+        est = self.tracker.step(tracker_loss(trainer), trainer.batch)
         if est is not None:
             trainer.step_metrics.update(cold_lambda_max=est.lambda_max, cold_residual=est.residual)
+            trainer.log_requested = True
+
+
+class RestrictedReadings:
+    """``after_optimizer_step`` hook (added after the run's own tracker): the restricted readings of
+    ``[curvature] min_param_steps`` / ``min_v_hat_ratio`` beside the full one, each from its own
+    warm-started tracker:
+
+    - at the run's tracked steps, with the run's ``[curvature]`` settings: ``lambda_max_mature``,
+      λmax(G) on the tracked batch without the parameters that have had fewer than
+      ``young_steps`` Adam updates (blocks unlocked less than that many steps ago);
+    - every ``check_every`` steps, with ``check_hvps`` exact (autograd) Lanczos HVPs, so that the
+      four are equally converged: ``check_lambda_max`` (full G, training batch),
+      ``check_lambda_max_measured`` (G restricted by ``min_v_hat_ratio = ratio``, training batch),
+      ``heldout_lambda_max`` and ``heldout_lambda_max_measured`` (the same on the fixed held-out
+      probe batch, the first validation batch) and ``heldout_embed_mass`` (the full held-out
+      eigenvector's squared mass on the token embedding).
+    """
+
+    def __init__(self, trainer: Trainer, young_steps: int, ratio: float, check_every: int,
+                 check_hvps: int) -> None:
+        c = trainer.cfg.curvature
+        common = dict(method=c.method, tol=c.tol, seed=trainer.cfg.job.seed, dtype=c.hvp_dtype(trainer.cfg))
+        self.interval, self.check_every = c.interval, check_every
+        self.mature = CurvatureTracker(trainer.model_parts, trainer.optimizer, max_hvps=c.max_hvps,
+                                       hvp=c.hvp, min_param_steps=young_steps, **common)
+        checks = dict(max_hvps=check_hvps, hvp="autograd", **common)
+        self.batch = next(iter(trainer.val_loader.batches(1)))
+        self.checks = {name: (CurvatureTracker(trainer.model_parts, trainer.optimizer,
+                                               min_v_hat_ratio=r, **checks), held_out)
+                       for name, r, held_out in (("check_lambda_max", 0.0, False),
+                                                 ("check_lambda_max_measured", ratio, False),
+                                                 ("heldout_lambda_max", 0.0, True),
+                                                 ("heldout_lambda_max_measured", ratio, True))}
+        trainer.add_hook("after_optimizer_step", self)
+
+    def __call__(self, trainer: Trainer) -> None:
+        loss_fn, out = tracker_loss(trainer), {}
+        if trainer.step % self.interval == 0 and (est := self.mature.step(loss_fn, trainer.batch)):
+            out.update(lambda_max_mature=est.lambda_max, lr_lambda_mature=est.lr_lambda)
+        if trainer.step % self.check_every == 0:
+            for name, (tracker, held_out) in self.checks.items():
+                if (est := tracker.step(loss_fn, self.batch if held_out else trainer.batch)) is not None:
+                    out[name] = est.lambda_max
+                    if name == "heldout_lambda_max":
+                        out["heldout_embed_mass"] = tracker.last_mass.get("tok_embeddings", 0.0)
+        if out:
+            trainer.step_metrics.update(out)
             trainer.log_requested = True
 
 
@@ -125,6 +182,12 @@ def main() -> int:
     p.add_argument("--probe-every", type=int, default=0, help="mechanism probe every N steps (0: off)")
     p.add_argument("--cold-every", type=int, default=0, help="cold lambda_max check every M steps (0: off)")
     p.add_argument("--cold-hvps", type=int, default=20)
+    p.add_argument("--readings", action="store_true",
+                   help="also log the restricted readings (RestrictedReadings) at the tracked steps")
+    p.add_argument("--young-steps", type=int, default=20, help="readings: min_param_steps of the mature reading")
+    p.add_argument("--v-hat-ratio", type=float, default=1e-3, help="readings: min_v_hat_ratio")
+    p.add_argument("--check-every", type=int, default=25, help="readings: the exact checks every N steps")
+    p.add_argument("--check-hvps", type=int, default=8, help="readings: HVPs of each exact check")
     args, rest = p.parse_known_args()
     cfg, _ = load_config([a for a in rest if a != "--"])
     trainer = Trainer(cfg)
@@ -132,6 +195,8 @@ def main() -> int:
         ColdCheck(trainer, args.cold_every, args.cold_hvps)
     if args.probe_every:
         MechanismProbe(trainer, args.probe_every)
+    if args.readings:
+        RestrictedReadings(trainer, args.young_steps, args.v_hat_ratio, args.check_every, args.check_hvps)
     try:
         trainer.train()
     except TooManySkipsError as e:  # repeated non-finite losses: the run diverged

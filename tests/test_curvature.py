@@ -530,3 +530,68 @@ def test_eigenvector_mass_per_block_sums_to_one() -> None:
     assert tr.last_mass.keys() == expected.keys()
     for k, v in expected.items():
         assert tr.last_mass[k] == pytest.approx(v, abs=1e-5)
+
+
+# ---------------------------------------------------------------- restricted readings (issue 11)
+
+def test_min_param_steps_leaves_out_young_parameters() -> None:
+    """A parameter with fewer Adam updates than ``min_param_steps`` (here: the head, trained 1 step
+    after 3 steps frozen, like a block just unlocked) is outside the tracked G; λ equals the dense
+    G of the older parameters. With 0 it is inside again."""
+    model, batch = make_model()
+    model.head.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2,
+                            betas=(0.9, 0.95), weight_decay=0.0)
+    for step in range(4):
+        if step == 3:
+            model.head.weight.requires_grad_(True)
+            opt.add_param_group({"params": [model.head.weight]})
+        opt.zero_grad()
+        lm_loss([model], batch).backward()
+        opt.step()
+    young = CurvatureTracker(model, opt, max_hvps=120, tol=1e-10, hvp="autograd", min_param_steps=2)
+    est = young.step(lm_loss, batch)
+    names, params = young.tracked()
+    assert "parts.0.head.weight" not in names and len(names) == len(list(model.parameters())) - 1
+    h = dense_hessian(model, batch, strip(names))
+    d = flat(adam_preconditioner(opt, params)).rsqrt()
+    assert est.lambda_max == pytest.approx(torch.linalg.eigvalsh(d[:, None] * h * d[None, :]).max().item(),
+                                           rel=1e-3)
+    everything = CurvatureTracker(model, opt, max_hvps=3, hvp="autograd", min_param_steps=0)
+    assert "parts.0.head.weight" in everything.tracked()[0]
+
+
+def test_min_v_hat_ratio_restricts_g_to_measured_coordinates() -> None:
+    """Embedding rows of tokens the optimizer never saw have v_hat = 0 (P = eps): on a batch that
+    uses them they dominate G (the held-out blow-up). ``min_v_hat_ratio`` zeroes D where sqrt(v_hat)
+    is below the ratio times the tensor's RMS; λ then equals the dense λmax of that restricted G."""
+    model, batch = make_model()
+    seen = (batch[0] % 5, batch[1] % 5)  # tokens 5, 6 never seen in training
+    opt = adam_steps(model, seen, 4)
+    probe = (torch.tensor([[5, 6, 1, 2, 6]]), torch.tensor([[6, 1, 2, 5, 0]]))
+    full = CurvatureTracker(model, opt, max_hvps=150, tol=1e-10, hvp="autograd").step(lm_loss, probe)
+    tr = CurvatureTracker(model, opt, max_hvps=150, tol=1e-10, hvp="autograd", min_v_hat_ratio=1e-3)
+    est = tr.step(lm_loss, probe)
+    names, params = tr.tracked()
+    precond = adam_preconditioner(opt, params)
+    keep = []
+    for p in precond:
+        root = p - 1e-8  # AdamW's default eps
+        keep.append((root >= 1e-3 * root.pow(2).mean().sqrt()).reshape(-1))
+    keep = torch.cat(keep)
+    emb = names.index("parts.0.embed.weight")
+    offset = sum(p.numel() for p in params[:emb])
+    dropped = (~keep).nonzero().flatten().tolist()
+    assert set(range(offset + 5 * 6, offset + 7 * 6)) <= set(dropped)  # rows 5 and 6 of the embedding
+    h = dense_hessian(model, batch=probe, names=strip(names))
+    d = flat(precond).rsqrt() * keep
+    exact = torch.linalg.eigvalsh(d[:, None] * h * d[None, :]).max().item()
+    assert est.lambda_max == pytest.approx(exact, rel=1e-3)
+    assert full.lambda_max > 100 * est.lambda_max  # the unseen rows dominated the full reading
+
+
+def test_restriction_options_are_checked() -> None:
+    assert [k for k, _ in Curvature(min_param_steps=-1).problems(None)] == ["min_param_steps"]
+    assert [k for k, _ in Curvature(min_v_hat_ratio=1.0).problems(None)] == ["min_v_hat_ratio"]
+    assert [k for k, _ in Curvature(min_v_hat_ratio=1e-3, preconditioned=False).problems(None)] \
+        == ["min_v_hat_ratio"]

@@ -183,6 +183,11 @@ def run(layout: str, model_name: str = "mini", adam_steps: int = 3) -> dict:
         short = CurvatureTracker(model, opt, method="power", max_hvps=3, tol=0.0,
                                  hvp=hvp, **fd).step(loss_fn, batch)
         out[hvp] = {"g": conv.lambda_max, "h": conv.lambda_max_h, "g_power3": short.lambda_max}
+    # G restricted to coordinates with sqrt(v_hat) >= 0.3 x their tensor's RMS: the RMS is global,
+    # so every layout must drop the same coordinates
+    out["autograd"]["g_measured"] = CurvatureTracker(
+        model, opt, method="lanczos", max_hvps=30, tol=1e-6, hvp="autograd",
+        min_v_hat_ratio=0.3).step(loss_fn, batch).lambda_max
     return out
 
 

@@ -48,6 +48,16 @@ class Curvature:
     whole local batch). Cost and activation memory scale with it; a smaller batch measures a
     noisier per-minibatch λ (docs/curvature.md)."""
 
+    min_param_steps: int = 0
+    """Leave out of the tracked matrix the parameters with fewer than N Adam updates (e.g. blocks
+    the depth schedule unlocked less than N steps ago); 0 keeps every trained parameter. The first
+    reading after an unlock otherwise includes the new blocks, whose tiny second moments make
+    P^-1/2 huge there (docs/curvature.md, "Readings after unlocks and on held-out batches")."""
+    min_v_hat_ratio: float = 0.0
+    """Restrict G to the coordinates whose sqrt(v_hat) is at least this fraction of their tensor's
+    RMS sqrt(v_hat) (e.g. 1e-3 leaves out embedding rows of tokens Adam has not seen for many
+    beta2-lifetimes, where P ~ eps); 0 keeps every coordinate. Needs preconditioned = true."""
+
     def problems(self, cfg) -> list[tuple[str, str]]:
         """Load-time checks: (key, why) for every bad value."""
         checks = [
@@ -60,9 +70,14 @@ class Curvature:
             ("batch", self.batch in ("train", "fixed"), '"train" or "fixed"'),
             ("dtype", self.dtype in ("float32", "param"), '"float32" or "param"'),
             ("batch_size", self.batch_size >= 0, "an integer >= 0 (0 = the whole local batch)"),
+            ("min_param_steps", self.min_param_steps >= 0, "an integer >= 0 (0 = off)"),
+            ("min_v_hat_ratio", 0 <= self.min_v_hat_ratio < 1, "a number in [0, 1) (0 = off)"),
         ]
         found = [(key, f"{getattr(self, key)!r} is not allowed; allowed: {what}")
                  for key, ok, what in checks if not ok]
+        if self.min_v_hat_ratio and not self.preconditioned:
+            found.append(("min_v_hat_ratio", "restricts Adam's preconditioned Hessian G; it needs "
+                                             "preconditioned = true (or min_v_hat_ratio = 0)"))
         if self.enabled and self.hvp == "finite_difference" and self.dtype == "param":
             from titanwarm.distributed.init import resolve_device, resolve_param_dtype
 

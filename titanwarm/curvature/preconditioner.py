@@ -15,12 +15,13 @@ shards under FSDP2/TP); nothing is gathered.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from titanwarm.curvature.vectors import Vector, vector_dtype
+from titanwarm.curvature.vectors import Vector, local, local_dot, vector_dtype
 
 
 @dataclass
@@ -33,6 +34,8 @@ class AdamHyper:
     """Largest beta1 among those groups (the most conservative threshold)."""
     lr_ratio: list[float]
     """Per tracked parameter, ``lr_i / lr``."""
+    eps: list[float]
+    """Per tracked parameter, its group's Adam ``eps``."""
 
 
 def param_groups_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
@@ -48,13 +51,14 @@ def adam_hyper(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor])
     lr = max(lrs) if lrs else 0.0
     betas = [float(groups[id(p)].get("betas", (0.0, 0.0))[0]) for p in params]
     return AdamHyper(lr=lr, beta1=max(betas) if betas else 0.0,
-                     lr_ratio=[x / lr if lr > 0 else 1.0 for x in lrs])
+                     lr_ratio=[x / lr if lr > 0 else 1.0 for x in lrs],
+                     eps=[float(groups[id(p)].get("eps", 0.0)) for p in params])
 
 
-def has_adam_state(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> bool:
-    """Whether the optimizer has a second-moment estimate for ``p`` yet."""
+def adam_steps(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> int:
+    """How many Adam updates ``p`` has had (0: no second-moment estimate yet)."""
     state = optimizer.state.get(p, {})
-    return "exp_avg_sq" in state and float(state["step"]) > 0
+    return int(float(state["step"])) if "exp_avg_sq" in state else 0
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer,
@@ -77,12 +81,25 @@ def scaling_diagonal(precond: Sequence[torch.Tensor], lr_ratio: Sequence[float])
     return [(r / p).sqrt() for p, r in zip(precond, lr_ratio, strict=True)]
 
 
+def drop_unmeasured_(diag: Sequence[torch.Tensor], precond: Sequence[torch.Tensor],
+                     eps: Sequence[float], ratio: float, reduce) -> None:
+    """Zero ``D`` (in place) where ``sqrt(v_hat) < ratio * RMS(sqrt(v_hat))`` of the coordinate's
+    tensor: G is then restricted to the coordinates Adam has measured. ``reduce`` sums a list of
+    per-rank partial tensors over ranks (``Agreement.reduce``); the RMS is global, so every layout
+    drops the same coordinates."""
+    roots = [p - e for p, e in zip(precond, eps, strict=True)]  # sqrt(v_hat), same layout as D
+    sums = reduce([local_dot([r], [r]) for r in roots])
+    for d, r, full, total in zip(local(diag), local(roots), roots, sums, strict=True):
+        d.masked_fill_(r < ratio * math.sqrt(total / full.numel()), 0.0)  # numel: global
+
+
 def transport(z: Sequence[torch.Tensor], diag: Sequence[torch.Tensor]) -> Vector:
     """Warm start for ``G = D H D`` from the stored ``z = D_old u_old``: ``D_new^-1 z`` (not
     normalised) = ``P_new^1/2 P_old^-1/2 u_old`` for an unchanged lr ratio, exact when only P
-    moved. Zero entries (parameters that just became tracked) stay zero. Only ``z`` needs to be
-    kept between steps, not P_old."""
+    moved. Zero entries (parameters that just became tracked) stay zero, and so do entries where
+    ``D`` is zero (coordinates left out of G). Only ``z`` needs to be kept between steps, not
+    P_old."""
     out = [x.detach().clone() for x in z]
-    torch._foreach_div_([x.to_local() if hasattr(x, "to_local") else x for x in out],
-                        [d.to_local() if hasattr(d, "to_local") else d for d in diag])
+    for x, d in zip(local(out), local(diag), strict=True):
+        x.copy_(torch.where(d > 0, x / d, torch.zeros((), dtype=x.dtype, device=x.device)))
     return out

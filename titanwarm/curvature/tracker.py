@@ -9,7 +9,12 @@ Usage (any ``nn.Module`` or list of model parts, plain / FSDP2 / TP / both, with
 
 **Tracked parameters.** Only parameters with ``requires_grad=True`` that the optimizer holds
 (and, for the preconditioned Hessian, that already have Adam state) span the Hessian; locked
-blocks are outside it. When parameters become trainable the stored warm-start vector is extended
+blocks are outside it. ``min_param_steps = N`` also leaves out parameters with fewer than N Adam
+updates (e.g. blocks unlocked less than N steps ago, whose tiny second moments make P^-1/2
+huge); ``min_v_hat_ratio = r`` restricts G to the coordinates whose sqrt(v_hat) is at least r
+times their tensor's RMS (D is zeroed elsewhere: e.g. embedding rows of tokens Adam has not seen
+for many β2-lifetimes). docs/curvature.md ("Readings after unlocks and on held-out batches") has
+the measurements behind both. When parameters become trainable the stored warm-start vector is extended
 with zeros on them (the previous eigenvector restricted to the old block is still the best start
 we have; the solver fills the new block in), and entries of parameters that left are dropped.
 
@@ -48,8 +53,9 @@ from titanwarm.curvature import vectors as V
 from titanwarm.curvature.agreement import Agreement, MeasurementSkipped
 from titanwarm.curvature.hvp import (AutogradHVP, FiniteDifferenceHVP, HVPOperator, LossFn,
                                      LossModule, SubstitutedLoss)
-from titanwarm.curvature.preconditioner import (adam_hyper, adam_preconditioner, has_adam_state,
-                                                param_groups_of, scaling_diagonal, transport)
+from titanwarm.curvature.preconditioner import (adam_hyper, adam_preconditioner, adam_steps,
+                                                drop_unmeasured_, param_groups_of, scaling_diagonal,
+                                                transport)
 from titanwarm.curvature.solvers import SolveResult, lanczos, power_iteration
 
 logger = logging.getLogger(__name__)
@@ -103,13 +109,18 @@ class CurvatureTracker:
                  tol: float = 1e-3, preconditioned: bool = True, warm_start: bool = True,
                  hvp: str = "auto", track_h: bool = False, seed: int = 0,
                  fd_eps: float = 1e-4, fd_relative: bool = True,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, min_param_steps: int = 0,
+                 min_v_hat_ratio: float = 0.0) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if hvp not in HVP_METHODS:
             raise ValueError(f"hvp must be one of {HVP_METHODS}, got {hvp!r}")
         if max_hvps < 1:
             raise ValueError("max_hvps must be >= 1")
+        if min_param_steps < 0 or min_v_hat_ratio < 0:
+            raise ValueError("min_param_steps and min_v_hat_ratio must be >= 0")
+        if min_v_hat_ratio and not preconditioned:
+            raise ValueError("min_v_hat_ratio restricts G; it needs preconditioned=True")
         parts = [model_parts] if isinstance(model_parts, nn.Module) else list(model_parts)
         self.module = LossModule(parts)
         self.optimizer = optimizer
@@ -117,6 +128,7 @@ class CurvatureTracker:
         self.preconditioned, self.warm_start, self.track_h = preconditioned, warm_start, track_h
         self.hvp, self.seed, self.fd_eps, self.fd_relative = hvp, seed, fd_eps, fd_relative
         self.dtype = dtype
+        self.min_param_steps, self.min_v_hat_ratio = min_param_steps, min_v_hat_ratio
         self._resolved_hvp: str | None = None if hvp == "auto" else hvp
         self._vectors: dict[str, dict[str, torch.Tensor]] = {}
         self._calls = 0
@@ -134,7 +146,8 @@ class CurvatureTracker:
         for name, p in self.module.named_parameters():
             if not p.requires_grad or id(p) not in held:
                 continue
-            if self.preconditioned and not has_adam_state(self.optimizer, p):
+            steps = adam_steps(self.optimizer, p)
+            if (self.preconditioned or self.min_param_steps) and steps < max(1, self.min_param_steps):
                 continue
             names.append(name)
             params.append(p)
@@ -197,7 +210,11 @@ class CurvatureTracker:
                 u = transport(u, diag)
             return u
         seed = self.seed if self.warm_start else self.seed + 7919 * self._calls
-        return V.random_like_params(params, names, seed + (1 if key == "h" else 0))
+        u = V.random_like_params(params, names, seed + (1 if key == "h" else 0))
+        if diag is not None and self.min_v_hat_ratio:  # start inside the restricted space
+            for x, d in zip(V.local(u), V.local(diag), strict=True):
+                x.masked_fill_(d == 0, 0.0)
+        return u
 
     def _solve(self, op: Any, u0: V.Vector, agree: Agreement) -> SolveResult:
         if self.method == "lanczos":
@@ -215,6 +232,8 @@ class CurvatureTracker:
             if self.preconditioned:
                 precond = adam_preconditioner(self.optimizer, params)
                 diag = scaling_diagonal(precond, hyper.lr_ratio)
+                if self.min_v_hat_ratio:
+                    drop_unmeasured_(diag, precond, hyper.eps, self.min_v_hat_ratio, agree.reduce)
                 del precond
                 u0 = self._start("g", names, params, diag)
 
