@@ -44,7 +44,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from depth_spikes import BETA1, THRESHOLD, coincidence, spikes  # noqa: E402
+from depth_spikes import BETA1, THRESHOLD, coincidence, overshoot_events, spikes  # noqa: E402
 from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
                           run_pending, save_figure)
 
@@ -86,16 +86,6 @@ def make_run(out: Path, python: str, setting: str, beta2: float, lr: float, seed
                              "check_every": check_every, "check_hvps": check_hvps})
 
 
-def overshoots(records: list[dict], key: str) -> tuple[list[int], list[int]]:
-    """(event steps, tracked steps) of ``key`` (an lr * λ field): first steps of runs of >= 2
-    consecutive tracked steps at or above 38 (1 - beta1^t)."""
-    tracked = [(r["step"], r[key] / (THRESHOLD * (1 - BETA1 ** r["step"])))
-               for r in records if finite(r.get(key))]
-    events = [tracked[i][0] for i in range(len(tracked) - 1)
-              if tracked[i][1] >= 1 and tracked[i + 1][1] >= 1 and not (i > 0 and tracked[i - 1][1] >= 1)]
-    return events, [s for s, _ in tracked]
-
-
 def analyse(folder: Path, setting: str, window: int) -> dict | None:
     import json
 
@@ -106,9 +96,6 @@ def analyse(folder: Path, setting: str, window: int) -> dict | None:
     unlocks = [(e["step"], e["layers"]) for e in read_records(folder, "unlock")]
     key = SETTINGS[setting]["spike_key"]
     series = [{"step": r["step"], "probe_loss": r[key]} for r in records if key in r]
-    for r in records:  # the mature reading's lr * λ, for the overshoot events
-        if finite(r.get("lambda_max_mature")) and finite(r.get("lr_lambda")) and r.get("lambda_max"):
-            r["lr_lambda_mature"] = r["lr_lambda"] * r["lambda_max_mature"] / r["lambda_max"]
     tracked = [r for r in records if finite(r.get("lambda_max"))]
     transient = []
     for step, layers in unlocks:
@@ -128,7 +115,7 @@ def analyse(folder: Path, setting: str, window: int) -> dict | None:
     out = {"meta": meta, "records": records, "transient": transient, "heldout": heldout,
            "spikes": spikes(series, window), "diverged": meta["returncode"] != 0}
     for name, field in (("full", "lr_lambda"), ("mature", "lr_lambda_mature")):
-        out[f"events_{name}"], out[f"tracked_{name}"] = overshoots(records, field)
+        out[f"events_{name}"], out[f"tracked_{name}"] = overshoot_events(records, field)
     return out
 
 

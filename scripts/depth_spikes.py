@@ -66,11 +66,11 @@ def spikes(probes: list[dict], window: int, floor: float = 0.1, k_mad: float = 5
     return out
 
 
-def overshoot_events(records: list[dict]) -> tuple[list[int], list[int]]:
-    """(event steps, tracked steps): first steps of runs of >= 2 consecutive tracked steps at or
-    above the bias-corrected threshold."""
-    tracked = [(r["step"], r["lr_lambda"] / (THRESHOLD * (1 - BETA1 ** r["step"])))
-               for r in records if finite(r.get("lr_lambda"))]
+def overshoot_events(records: list[dict], key: str = "lr_lambda") -> tuple[list[int], list[int]]:
+    """(event steps, tracked steps): first steps of runs of >= 2 consecutive tracked steps whose
+    ``key`` (an lr * λ reading) is at or above the bias-corrected threshold."""
+    tracked = [(r["step"], r[key] / (THRESHOLD * (1 - BETA1 ** r["step"])))
+               for r in records if finite(r.get(key))]
     events = []
     for i in range(len(tracked) - 1):
         above, nxt = tracked[i][1] >= 1, tracked[i + 1][1] >= 1
