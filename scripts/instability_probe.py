@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from titanwarm.checkpoint.fault import TooManySkipsError  # noqa: E402
 from titanwarm.config.loader import load_config  # noqa: E402
 from titanwarm.curvature import CurvatureTracker  # noqa: E402
+from titanwarm.curvature.hvp import sub_batch  # noqa: E402
 from titanwarm.trainer import Trainer  # noqa: E402
 
 
@@ -123,7 +124,9 @@ class ColdCheck:
     def __call__(self, trainer: Trainer) -> None:
         if trainer.step % self.every and trainer.step != trainer.cfg.lr_scheduler.warmup_steps:
             return
-        est = self.tracker.step(tracker_loss(trainer), trainer.batch)
+        # the batch the run's own tracker measures ([curvature] batch_size of the training batch)
+        est = self.tracker.step(tracker_loss(trainer),
+                                sub_batch(trainer.batch, trainer.cfg.curvature.batch_size))
         if est is not None:
             trainer.step_metrics.update(cold_lambda_max=est.lambda_max, cold_residual=est.residual)
             trainer.log_requested = True
@@ -136,7 +139,10 @@ class RestrictedReadings:
 
     - at the run's tracked steps, with the run's ``[curvature]`` settings: ``lambda_max_mature``,
       λmax(G) on the tracked batch without the parameters that have had fewer than
-      ``young_steps`` Adam updates (blocks unlocked less than that many steps ago);
+      ``young_steps`` Adam updates (blocks unlocked less than that many steps ago). It starts
+      from the run's own tracker's vector of the previous tracked step (what that tracker
+      started this step from), so the two readings are equal whenever no parameter is young
+      and differ only by the restriction, not by which eigenvector a few-HVP chain follows;
     - every ``check_every`` steps, with ``check_hvps`` exact (autograd) Lanczos HVPs, so that the
       four are equally converged: ``check_lambda_max`` (full G, training batch),
       ``check_lambda_max_measured`` (G restricted by ``min_v_hat_ratio = ratio``, training batch),
@@ -149,7 +155,9 @@ class RestrictedReadings:
                  check_hvps: int) -> None:
         c = trainer.cfg.curvature
         common = dict(method=c.method, tol=c.tol, seed=trainer.cfg.job.seed, dtype=c.hvp_dtype(trainer.cfg))
-        self.interval, self.check_every = c.interval, check_every
+        self.interval, self.check_every, self.batch_size = c.interval, check_every, c.batch_size
+        self.main = trainer.curvature.tracker
+        self.main_state = self.main.state_dict()  # the run's tracker before its next solve
         self.mature = CurvatureTracker(trainer.model_parts, trainer.optimizer, max_hvps=c.max_hvps,
                                        hvp=c.hvp, min_param_steps=young_steps, **common)
         checks = dict(max_hvps=check_hvps, hvp="autograd", **common)
@@ -164,11 +172,15 @@ class RestrictedReadings:
 
     def __call__(self, trainer: Trainer) -> None:
         loss_fn, out = tracker_loss(trainer), {}
-        if trainer.step % self.interval == 0 and (est := self.mature.step(loss_fn, trainer.batch)):
-            out.update(lambda_max_mature=est.lambda_max, lr_lambda_mature=est.lr_lambda)
+        train = sub_batch(trainer.batch, self.batch_size)  # what the run's own tracker measures
+        if trainer.step % self.interval == 0:
+            self.mature.load_state_dict(self.main_state)
+            self.main_state = self.main.state_dict()
+            if est := self.mature.step(loss_fn, train):
+                out.update(lambda_max_mature=est.lambda_max, lr_lambda_mature=est.lr_lambda)
         if trainer.step % self.check_every == 0:
             for name, (tracker, held_out) in self.checks.items():
-                if (est := tracker.step(loss_fn, self.batch if held_out else trainer.batch)) is not None:
+                if (est := tracker.step(loss_fn, self.batch if held_out else train)) is not None:
                     out[name] = est.lambda_max
                     if name == "heldout_lambda_max":
                         out["heldout_embed_mass"] = tracker.last_mass.get("tok_embeddings", 0.0)
