@@ -23,7 +23,7 @@ reports, per run and pooled:
    batch never changes) and on the held-out probe loss in the streaming one.
 
 Settings (``SETTINGS``): ``fullbatch`` = ``train_configs/repro/eos_fullbatch.toml`` (d=64, depth 8,
-the same 64 x 64 tokens every step, Adam, constant LR after 20 warm-up steps, tracker every step
+the same 32 x 64 tokens every step, Adam, constant LR after 20 warm-up steps, tracker every step
 with 2 finite-difference Lanczos HVPs) with half the blocks locked until step 20 and one block
 unlocking every ``--unlock-every`` steps after; ``stream`` = ``train_configs/repro/lr_sensitivity.toml``
 (d=128, depth 8, shuffled built-in corpus, 16 x 128 tokens, fan-in init, AdamW, cosine) with the
@@ -200,7 +200,7 @@ def main() -> int:
     p.add_argument("--lrs", type=float, nargs="+", default=[3e-3, 1e-2])
     p.add_argument("--beta2s", type=float, nargs="+", default=[0.95, 0.999])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--unlock-every", type=int, default=40)
     p.add_argument("--young-steps", type=int, default=20)
     p.add_argument("--v-hat-ratio", type=float, default=1e-3)

@@ -1,7 +1,7 @@
 """Full-batch edge of stability (issue 17, experiment 1): does lr * lambda_max(G) rise to Adam's
 threshold (2 + 2 beta1) / (1 - beta1) = 38 and hover there (Cohen et al. 2022, arXiv 2207.14484)?
 
-Grid: ``train_configs/repro/eos_fullbatch.toml`` (the same 64 x 64-token batch every step, Adam,
+Grid: ``train_configs/repro/eos_fullbatch.toml`` (the same 32 x 64-token batch every step, Adam,
 no weight decay, no clipping, 20 LR warm-up steps then a constant LR, lambda_max(G) tracked every
 step by the warm-started tracker) x depth (flavors w64_depth4/8/16, d=64) x beta2 x peak LR. Each
 run also gets a *cold* high-precision check every ``--cold-every`` steps: a fresh random start and
