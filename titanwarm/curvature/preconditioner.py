@@ -1,4 +1,5 @@
-"""Adam's diagonal preconditioner and the warm-start transport between steps.
+"""Adam's diagonal preconditioner, its restriction to measured coordinates, and the warm-start
+transport between steps.
 
 For a ``torch.optim.Adam``/``AdamW`` the update is ``lr * m_hat / P`` with
 ``P = sqrt(v_hat) + eps`` and ``v_hat = exp_avg_sq / (1 - beta2**step)`` (``max_exp_avg_sq`` with
