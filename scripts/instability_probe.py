@@ -154,6 +154,8 @@ class RestrictedReadings:
     def __init__(self, trainer: Trainer, young_steps: int, ratio: float, check_every: int,
                  check_hvps: int) -> None:
         c = trainer.cfg.curvature
+        if trainer.curvature is None:
+            raise SystemExit("--readings compares with the run's own tracker: needs [curvature] enabled = true")
         common = dict(method=c.method, tol=c.tol, seed=trainer.cfg.job.seed, dtype=c.hvp_dtype(trainer.cfg))
         self.interval, self.check_every, self.batch_size = c.interval, check_every, c.batch_size
         self.main = trainer.curvature.tracker
