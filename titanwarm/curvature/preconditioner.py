@@ -97,10 +97,9 @@ def drop_unmeasured_(diag: Sequence[torch.Tensor], precond: Sequence[torch.Tenso
 def transport(z: Sequence[torch.Tensor], diag: Sequence[torch.Tensor]) -> Vector:
     """Warm start for ``G = D H D`` from the stored ``z = D_old u_old``: ``D_new^-1 z`` (not
     normalised) = ``P_new^1/2 P_old^-1/2 u_old`` for an unchanged lr ratio, exact when only P
-    moved. Zero entries (parameters that just became tracked) stay zero, and so do entries where
-    ``D`` is zero (coordinates left out of G). Only ``z`` needs to be kept between steps, not
-    P_old."""
+    moved. Zero entries (parameters that just became tracked) stay zero. Where ``D`` is zero
+    (coordinates left out of G) the result is not finite: the caller zeroes those entries. Only
+    ``z`` needs to be kept between steps, not P_old."""
     out = [x.detach().clone() for x in z]
-    for x, d in zip(local(out), local(diag), strict=True):
-        x.copy_(torch.where(d > 0, x / d, torch.zeros((), dtype=x.dtype, device=x.device)))
+    torch._foreach_div_(local(out), local(diag))
     return out

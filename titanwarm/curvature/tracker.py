@@ -201,16 +201,17 @@ class CurvatureTracker:
     def _start(self, key: str, names: list[str], params: list[torch.Tensor],
                diag: V.Vector | None) -> V.Vector:
         """Warm start: the stored vector (z = D_old u for G, u for H) mapped into the current
-        frame (u = D_new^-1 z for G), zero on parameters it does not cover; else random."""
+        frame (u = D_new^-1 z for G), zero on parameters it does not cover; else random. Zero
+        wherever ``D`` is (coordinates ``min_v_hat_ratio`` left out of G)."""
         stored = self._vectors.get(key, {})
         if self.warm_start and any(n in stored for n in names):
             u = [stored[n] if n in stored and stored[n].shape == p.shape else z
                  for n, p, z in zip(names, params, V.zeros_like_params(params))]
             if diag is not None:
                 u = transport(u, diag)
-            return u
-        seed = self.seed if self.warm_start else self.seed + 7919 * self._calls
-        u = V.random_like_params(params, names, seed + (1 if key == "h" else 0))
+        else:
+            seed = self.seed if self.warm_start else self.seed + 7919 * self._calls
+            u = V.random_like_params(params, names, seed + (1 if key == "h" else 0))
         if diag is not None and self.min_v_hat_ratio:  # start inside the restricted space
             for x, d in zip(V.local(u), V.local(diag), strict=True):
                 x.masked_fill_(d == 0, 0.0)
