@@ -6,7 +6,10 @@ its ``ARMS``), with the curvature tracker and the mechanism probe every ``--ever
 
 1. ``--phase calibrate``: the baseline at depth 8 and 16, one seed, over ``--lrs``. Pick the LR
    where L=16 spikes or diverges during or right after LR warm-up and L=8 does not (the paper's
-   depth ablation); the report prints both depths' spikes per LR.
+   depth ablation); the report prints both depths' spikes per LR. These are experiment 2's baseline
+   runs (``outputs/lrs_shuf``, probe every 5 steps, tracker every 50), shared with
+   ``lr_sensitivity.py``: the calibration needs the held-out spikes, not lambda, so it costs nothing
+   beyond experiment 2 (its overshoot-event column is coarse, from the 50-step tracker).
 2. ``--phase compare --lr X``: every arm at that LR, depth 16, ``--seeds`` (>= 3; 5 near the
    boundary), each arm seeing the same data order per seed (the seeded shuffle, ``DATA_OVERRIDES`` in
    lr_sensitivity.py: shuffle_seed = the run's seed).
@@ -24,7 +27,7 @@ by a spike within the lag / events. The null shifts each run's event train circu
 offset (``--shuffles`` draws, same offset for all events of a run); p = share of draws with a
 pooled hit rate >= the observed one.
 
-Runs go to ``outputs/spikes_shuf/<phase>/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
+Compare runs go to ``outputs/spikes_shuf/compare/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
 
     .venv/bin/python scripts/depth_spikes.py --phase calibrate --jobs 2 --nice 15
     .venv/bin/python scripts/depth_spikes.py --phase compare --lr 1e-1 --seeds 0 1 2 --jobs 2 --nice 15
@@ -41,7 +44,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lr_sensitivity import ARMS, LABELS, analyse, default_out, fmt, make_run, run_dir  # noqa: E402
+from lr_sensitivity import (ARMS, LABELS, PROBE_EVERY, analyse, default_out, fmt, make_run,  # noqa: E402
+                            run_dir)
 from study_runner import ROOT, finite, minutes, pyplot, run_pending, save_figure  # noqa: E402
 
 BETA1 = 0.9
@@ -194,16 +198,18 @@ def main() -> int:
     p.add_argument("--plot", default=None, help="default docs/results/instability_spikes_<phase>.png")
     p.add_argument("--python", default=sys.executable)
     args = p.parse_args()
-    out = Path(args.out) if args.out else default_out("spikes") / args.phase
-    if args.phase == "calibrate":
+    if args.phase == "calibrate":  # experiment 2's baseline runs: same config, probe every PROBE_EVERY
+        out = Path(args.out) if args.out else default_out("lrs")
         arms, lrs, seeds, depths = ["baseline"], args.lrs, [args.seeds[0]], args.depths or [8, 16]
+        every, extra = PROBE_EVERY, []
     else:
         if args.lr is None:
             p.error("--phase compare needs --lr (from the calibration)")
+        out = Path(args.out) if args.out else default_out("spikes") / args.phase
         arms, lrs, seeds, depths = args.arms, [args.lr], args.seeds, args.depths or [16]
-    extra = ["--curvature.interval", str(args.every), "--metrics.log_freq", str(args.every)]
+        every, extra = args.every, ["--curvature.interval", str(args.every), "--metrics.log_freq", str(args.every)]
     if not args.report_only:
-        runs = [make_run(out, args.python, a, d, args.beta2, lr, s, args.steps, args.every, extra)
+        runs = [make_run(out, args.python, a, d, args.beta2, lr, s, args.steps, every, extra)
                 for s in seeds for lr in lrs for d in depths for a in arms]
         run_pending(runs, args.jobs, args.nice)
     warmup = max(1, args.steps // 20)

@@ -52,6 +52,7 @@ LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
 DEPTHS = [8, 16]
 BETA2S = [0.95, 0.999]
 STEPS = 1000
+PROBE_EVERY = 5  # fine enough for experiment 3's spike rule, so the baseline runs double as its calibration
 QK_NORM = ["--stabilizers.qk_norm", "true"]
 
 
@@ -97,7 +98,7 @@ def make_run(out: Path, python: str, arm: str, depth: int, beta2: float, lr: flo
            "--job.seed", str(seed), "--training.shuffle_seed", str(seed), "--training.steps", str(steps),
            "--lr_scheduler.warmup_steps", str(max(1, steps // 20)), "--job.dump_folder", relative(folder)]
     return Run(folder, cmd, {"arm": arm, "depth": depth, "beta2": beta2, "lr": lr, "seed": seed,
-                             "steps": steps, "data": DATA_TAG or "in order"})
+                             "steps": steps, "probe_every": probe_every, "data": DATA_TAG or "in order"})
 
 
 def analyse(folder: Path) -> dict | None:
@@ -219,7 +220,7 @@ def main() -> int:
     p.add_argument("--lrs", type=float, nargs="+", default=LRS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=STEPS)
-    p.add_argument("--probe-every", type=int, default=25)
+    p.add_argument("--probe-every", type=int, default=PROBE_EVERY)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--out", default=str(default_out("lrs")))
