@@ -18,7 +18,8 @@ skipped, so it is resumable and can be run in slices. Per (arm, depth, beta2): f
 vs LR, the LR-sensitivity metric (mean over the LR grid of min(loss, loss at init) - best loss,
 Wortsman et al. 2023), the divergence fraction (runs stopped by non-finite losses, or whose final
 loss is above the initial one) with the number of seeds, and the mechanism logs at the end of the
-run. Usage:
+run; a second figure (``<plot>_curves.png``) draws the held-out probe loss vs step per LR, arms
+overlaid. Usage:
 
     .venv/bin/python scripts/lr_sensitivity.py --jobs 2 --nice 15                   # everything
     .venv/bin/python scripts/lr_sensitivity.py --arms baseline archwarm --depths 16 --beta2s 0.95
@@ -212,6 +213,36 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
     save_figure(fig, path)
 
 
+def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
+    """Held-out probe loss vs step, one panel per (depth, beta2) row and LR column, arms overlaid
+    (every seed drawn; the first seed labelled)."""
+    rows = [(d, b) for d in depths for b in beta2s if any(k[1:3] == (d, b) for k in results)]
+    cols = [lr for lr in lrs if any(k[3] == lr for k in results)]
+    if not rows or not cols:
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.8 * len(rows)),
+                             squeeze=False, sharey=True)
+    colours = {a: f"C{i}" for i, a in enumerate(ARMS)}
+    for i, (d, b) in enumerate(rows):
+        for j, lr in enumerate(cols):
+            ax = axes[i][j]
+            for a in arms:
+                for s in seeds:
+                    r = results.get((a, d, b, lr, s))
+                    if r is None:
+                        continue
+                    pts = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p.get("probe_loss"))]
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=colours[a],
+                            label=LABELS[a] if s == seeds[0] else None)
+            ax.set_title(f"L={d}, β2={b:g}, LR {fmt(lr)}", fontsize=8)
+            ax.set_xlabel("step", fontsize=7)
+            ax.set_ylim(3.0, 7.5)
+        axes[i][0].set_ylabel("held-out probe loss", fontsize=7)
+    axes[0][0].legend(fontsize=6)
+    save_figure(fig, path, dpi=90)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -239,6 +270,8 @@ def main() -> int:
         print("no finished runs", file=sys.stderr)
         return 1
     plot(results, args.arms, args.depths, args.beta2s, args.lrs, args.seeds, Path(args.plot))
+    plot_curves(results, args.arms, args.depths, args.beta2s, sorted(args.lrs), args.seeds,
+                Path(args.plot).with_name(Path(args.plot).stem + "_curves.png"))
     print("\n".join(summary_table(results, args.arms, args.depths, args.beta2s, args.lrs, args.seeds)))
     print()
     print("\n".join(mechanism_table(results)))
