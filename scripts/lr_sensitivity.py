@@ -72,6 +72,7 @@ ARMS = {
     "archwarm": archwarm,
     "archwarm_qk_norm": lambda steps: archwarm(steps) + QK_NORM,
 }
+COLOURS = {a: f"C{i}" for i, a in enumerate(ARMS)}  # one colour per arm in every figure
 LABELS = {"baseline": "baseline", "qk_norm": "QK-Norm", "softcap": "soft-cap (50 / 30)",
           "qk_clip": "QK-Clip (τ 100)", "archwarm": "arch. warm-up",
           "archwarm_qk_norm": "arch. warm-up + QK-Norm"}
@@ -181,34 +182,37 @@ def mechanism_table(results: dict) -> list[str]:
     return lines
 
 
+def panels(results: dict, depths, beta2s) -> list[tuple[int, float]]:
+    """The (depth, beta2) pairs with at least one finished run, in grid order."""
+    return [(d, b) for d in depths for b in beta2s if any(k[1:3] == (d, b) for k in results)]
+
+
 def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
+    """Final val loss (top) and peak max attention logit (bottom) vs LR, a column per (depth, beta2)."""
+    cols = panels(results, depths, beta2s)
     plt = pyplot()
-    fig, axes = plt.subplots(2, len(depths) * len(beta2s), figsize=(4.5 * len(depths) * len(beta2s), 7),
-                             squeeze=False)
-    col = 0
-    for d in depths:
-        for b in beta2s:
-            top, bottom = axes[0][col], axes[1][col]
-            for a in arms:
-                xs, ys, att = [], [], []
-                for lr in lrs:
-                    rs = [results[k] for s in seeds if (k := (a, d, b, lr, s)) in results]
-                    if not rs:
-                        continue
-                    ok = [r["final_loss"] for r in rs if not r["diverged"]]
-                    xs.append(lr)
-                    ys.append(statistics.mean(ok) if ok else math.nan)
-                    att.append(statistics.mean(r["attn_logit_peak"] for r in rs))
-                top.plot(xs, ys, "o-", label=LABELS[a], ms=3)
-                bottom.plot(xs, att, "o-", label=LABELS[a], ms=3)
-            for ax in (top, bottom):
-                ax.set_xscale("log")
-                ax.set_xlabel("peak LR")
-            bottom.set_yscale("log")
-            top.set_title(f"L={d}, β2={b:g}")
-            top.set_ylabel("final val loss (gap = diverged)")
-            bottom.set_ylabel("peak max attention logit")
-            col += 1
+    fig, axes = plt.subplots(2, len(cols), figsize=(4.5 * len(cols), 7), squeeze=False)
+    for col, (d, b) in enumerate(cols):
+        top, bottom = axes[0][col], axes[1][col]
+        for a in arms:
+            xs, ys, att = [], [], []
+            for lr in lrs:
+                rs = [results[k] for s in seeds if (k := (a, d, b, lr, s)) in results]
+                if not rs:
+                    continue
+                ok = [r["final_loss"] for r in rs if not r["diverged"]]
+                xs.append(lr)
+                ys.append(statistics.mean(ok) if ok else math.nan)
+                att.append(statistics.mean(r["attn_logit_peak"] for r in rs))
+            top.plot(xs, ys, "o-", label=LABELS[a], ms=3, color=COLOURS[a])
+            bottom.plot(xs, att, "o-", label=LABELS[a], ms=3, color=COLOURS[a])
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xlabel("peak LR")
+        bottom.set_yscale("log")
+        top.set_title(f"L={d}, β2={b:g}")
+        top.set_ylabel("final val loss (gap = diverged)")
+        bottom.set_ylabel("peak max attention logit")
     axes[0][0].legend(fontsize=7)
     save_figure(fig, path)
 
@@ -216,14 +220,13 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
 def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
     """Held-out probe loss vs step, one panel per (depth, beta2) row and LR column, arms overlaid
     (every seed drawn; the first seed labelled)."""
-    rows = [(d, b) for d in depths for b in beta2s if any(k[1:3] == (d, b) for k in results)]
+    rows = panels(results, depths, beta2s)
     cols = [lr for lr in lrs if any(k[3] == lr for k in results)]
     if not rows or not cols:
         return
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.8 * len(rows)),
                              squeeze=False, sharey=True)
-    colours = {a: f"C{i}" for i, a in enumerate(ARMS)}
     for i, (d, b) in enumerate(rows):
         for j, lr in enumerate(cols):
             ax = axes[i][j]
@@ -233,7 +236,7 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
                     if r is None:
                         continue
                     pts = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p.get("probe_loss"))]
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=colours[a],
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=COLOURS[a],
                             label=LABELS[a] if s == seeds[0] else None)
             ax.set_title(f"L={d}, β2={b:g}, LR {fmt(lr)}", fontsize=8)
             ax.set_xlabel("step", fontsize=7)
