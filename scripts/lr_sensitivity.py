@@ -219,7 +219,7 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
 
 def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
     """Held-out probe loss vs step, one panel per (depth, beta2) row and LR column, arms overlaid
-    (every seed drawn; the first seed labelled)."""
+    (every seed drawn), one legend for the figure."""
     rows = panels(results, depths, beta2s)
     cols = [lr for lr in lrs if any(k[3] == lr for k in results)]
     if not rows or not cols:
@@ -236,13 +236,12 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
                     if r is None:
                         continue
                     pts = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p.get("probe_loss"))]
-                    ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=COLOURS[a],
-                            label=LABELS[a] if s == seeds[0] else None)
+                    ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=COLOURS[a], label=LABELS[a])
             ax.set_title(f"L={d}, β2={b:g}, LR {fmt(lr)}", fontsize=8)
             ax.set_xlabel("step", fontsize=7)
-            ax.set_ylim(3.0, 7.5)
         axes[i][0].set_ylabel("held-out probe loss", fontsize=7)
-    axes[0][0].legend(fontsize=6)
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=6)
     save_figure(fig, path, dpi=90)
 
 
