@@ -25,7 +25,9 @@ for at least two consecutive tracked steps, counted at its first step. A spike i
 event started 0-``--lag`` steps before it; hit rate = hits / spikes, precision = events followed
 by a spike within the lag / events. The null shifts each run's event train circularly by a random
 offset (``--shuffles`` draws, same offset for all events of a run); p = share of draws with a
-pooled hit rate >= the observed one.
+pooled hit rate >= the observed one. Beside it, per arm: the share of tracked steps after LR
+warm-up at or past the threshold and their median ratio, since a run that sits past the edge
+for most of its steps has few overshoot *onsets* to count.
 
 Compare runs go to ``outputs/spikes_shuf/compare/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
 
@@ -70,11 +72,17 @@ def spikes(probes: list[dict], window: int, floor: float = 0.1, k_mad: float = 5
     return out
 
 
+def threshold_ratios(records: list[dict], key: str = "lr_lambda") -> list[tuple[int, float]]:
+    """(step, ratio) for every tracked step: the ``key`` reading (lr * λ) over the bias-corrected
+    threshold 38 (1 - beta1^t); >= 1 is past Adam's edge."""
+    return [(r["step"], r[key] / (THRESHOLD * (1 - BETA1 ** r["step"])))
+            for r in records if finite(r.get(key))]
+
+
 def overshoot_events(records: list[dict], key: str = "lr_lambda") -> tuple[list[int], list[int]]:
     """(event steps, tracked steps): first steps of runs of >= 2 consecutive tracked steps whose
     ``key`` (an lr * λ reading) is at or above the bias-corrected threshold."""
-    tracked = [(r["step"], r[key] / (THRESHOLD * (1 - BETA1 ** r["step"])))
-               for r in records if finite(r.get(key))]
+    tracked = threshold_ratios(records, key)
     events = []
     for i in range(len(tracked) - 1):
         above, nxt = tracked[i][1] >= 1, tracked[i + 1][1] >= 1
@@ -119,6 +127,7 @@ def enrich(r: dict, window: int, warmup: int) -> dict:
     r["spikes"] = spikes(r["probes"], window)
     r["events"], r["tracked"] = overshoot_events(r["records"])
     r["early_spikes"] = [s for s in r["spikes"] if s <= 3 * warmup]
+    r["ratios_after_warmup"] = [v for s, v in threshold_ratios(r["records"]) if s > warmup]
     return r
 
 
@@ -135,18 +144,22 @@ def run_table(results: dict) -> list[str]:
 
 def arm_table(results: dict, arms: list[str], lag: int, shuffles: int) -> list[str]:
     lines = ["| arm | runs (seeds) | diverged | runs with a spike | spikes | hit rate (spikes ≤ "
-             f"{lag} steps after an overshoot) | precision | null hit rate: mean / 95th pct | p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{lag} steps after an overshoot) | precision | null hit rate: mean / 95th pct | p "
+             "| tracked steps after warm-up past the edge | median lr·λ/38(1−β1^t) after warm-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in arms:
         rs = [r for k, r in results.items() if k[0] == a]
         if not rs:
             continue
         c = coincidence(rs, lag, shuffles)
         g = lambda x, spec=".2f": format(x, spec) if finite(x) else "n/a"  # noqa: E731
+        ratios = [v for r in rs for v in r["ratios_after_warmup"]]
+        past = sum(v >= 1 for v in ratios) / len(ratios) if ratios else math.nan
+        med = statistics.median(ratios) if ratios else math.nan
         lines.append(f"| {LABELS[a]} | {len(rs)} | {sum(r['diverged'] for r in rs)} "
                      f"| {sum(bool(r['spikes']) for r in rs)} | {c['spikes']} | {g(c['hit_rate'])} ({c['hits']}) "
                      f"| {g(c['precision'])} ({c['events']} events) | {g(c['null_mean'])} / {g(c['null_95'])} "
-                     f"| {g(c['p'], '.3f')} |")
+                     f"| {g(c['p'], '.3f')} | {g(100 * past, '.0f')} % of {len(ratios)} | {g(med, '.3g')} |")
     return lines
 
 
@@ -161,8 +174,7 @@ def plot(results: dict, path: Path) -> None:
         for s in r["spikes"]:
             ax.axvline(s, color="r", lw=0.6)
         ax2 = ax.twinx()
-        tr = [(x["step"], x["lr_lambda"] / (THRESHOLD * (1 - BETA1 ** x["step"])))
-              for x in r["records"] if finite(x.get("lr_lambda"))]
+        tr = threshold_ratios(r["records"])
         ax2.plot([s for s, _ in tr], [v for _, v in tr], color="g", lw=0.6)
         ax2.axhline(1, color="g", ls="--", lw=0.6)
         ax2.set_yscale("log")

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from depth_spikes import coincidence, overshoot_events, spikes  # noqa: E402
+from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
 from lr_sensitivity import sensitivity  # noqa: E402
 
 
@@ -39,6 +39,18 @@ def test_overshoot_events_need_two_tracked_steps_over_the_bias_corrected_thresho
     events, tracked = overshoot_events(records)
     assert events == [1, 80]  # step 60 is a single crossing, not sustained
     assert tracked == [1, 2, 50, 60, 70, 80, 90, 100, 110]
+    ratios = dict(threshold_ratios(records))
+    assert ratios[1] == pytest.approx(2.0) and ratios[100] == pytest.approx(1.3 / (1 - 0.9 ** 100))
+
+
+def test_arm_table_reports_the_share_of_steps_past_the_edge():
+    # after warm-up (step > 20): ratios 0.5, 1.2, 0.9, 1.1 -> 2 of 4 past the edge, median 1.0
+    records = [{"step": s, "lr_lambda": 38.0 * v} for s, v in
+               [(10, 0.5), (30, 0.5), (40, 1.2), (50, 0.9), (60, 1.1)]]
+    probes = [{"step": s, "probe_loss": 3.0} for s in range(5, 65, 5)]
+    run = enrich({"records": records, "probes": probes, "diverged": False}, window=20, warmup=20)
+    row = arm_table({("baseline", 16, 0.95, 0.1, 0): run}, ["baseline"], lag=10, shuffles=10)[-1]
+    assert "| 50 % of 4 | 1 |" in row
 
 
 def test_coincidence_hits_precision_and_null():
