@@ -44,7 +44,8 @@ def test_overshoot_events_need_two_tracked_steps_over_the_bias_corrected_thresho
 
 
 def test_arm_table_reports_the_share_of_steps_past_the_edge():
-    # after warm-up (step > 20): ratios 0.5, 1.2, 0.9, 1.1 -> 2 of 4 past the edge, median 1.0
+    # after warm-up (step > 20): ratios 0.5, 1.2, 0.9, 1.1 to 38 (bias-corrected: 0.52, 1.22, 0.90, 1.10)
+    # -> 2 of 4 past the edge, median 1.003 (printed to 3 significant digits: 1)
     records = [{"step": s, "lr_lambda": 38.0 * v} for s, v in
                [(10, 0.5), (30, 0.5), (40, 1.2), (50, 0.9), (60, 1.1)]]
     probes = [{"step": s, "probe_loss": 3.0} for s in range(5, 65, 5)]
