@@ -237,6 +237,8 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
                         continue
                     pts = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p.get("probe_loss"))]
                     ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=COLOURS[a], label=LABELS[a])
+            if not ax.lines:
+                ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", fontsize=8)
             ax.set_title(f"L={d}, β2={b:g}, LR {fmt(lr)}", fontsize=8)
             ax.set_xlabel("step", fontsize=7)
         axes[i][0].set_ylabel("held-out probe loss", fontsize=7)
