@@ -104,12 +104,18 @@ def make_run(out: Path, python: str, arm: str, depth: int, beta2: float, lr: flo
 
 
 def analyse(folder: Path) -> dict | None:
-    """Loss, divergence and mechanism summary of one finished run (None if not finished)."""
+    """Loss, divergence and mechanism summary of one finished run (None if not finished, or if it
+    crashed: a non-zero exit without the trainer's stop on repeated non-finite losses is a bug,
+    not a divergence, and is reported on stderr instead of counted)."""
     if not (folder / "run.json").exists():
         return None
     meta = json.loads((folder / "run.json").read_text())
     steps = read_records(folder)
     skips = read_records(folder, "skip")
+    if meta["returncode"] != 0 and not skips:
+        print(f"{relative(folder)}: crashed (exit {meta['returncode']}, no non-finite-loss stop), "
+              "left out; see its train.log, move the folder away to rerun it", file=sys.stderr)
+        return None
     vals = [(r["step"], r["val_loss"]) for r in steps if "val_loss" in r]
     loss = [(r["step"], r["loss"]) for r in steps]
     init = vals[0][1] if vals else math.nan

@@ -328,6 +328,43 @@ def test_auto_falls_back_to_finite_difference() -> None:
     assert tr.step(loss_fn, x).hvp == "finite_difference"
 
 
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_overflowing_hvps_skip_the_step_without_fallback(method: str) -> None:
+    """A diverging run's HVPs overflow (loss scaled by 1e200 in float64: the loss is finite, its
+    HVP's squared norm is not): the step is skipped, "auto" does not switch to finite differences
+    (they would meet the same model), and the next finite step measures from the last good vector."""
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    tr = CurvatureTracker(model, opt, method=method, max_hvps=6, tol=0.0, hvp="auto")
+    first = tr.step(lm_loss, batch)
+    kept = {k: v.clone() for k, v in tr.state_dict()["vectors"]["g"].items()}
+
+    def overflowing(parts, b):
+        return lm_loss(parts, b) * 1e200
+
+    assert tr.step(overflowing, batch) is None
+    assert "non-finite operator values" in tr.last_skip and tr.last_skip.startswith("autograd")
+    assert all(torch.equal(kept[k], v) for k, v in tr.state_dict()["vectors"]["g"].items())
+    again = tr.step(lm_loss, batch)
+    assert again.hvp == "autograd" and tr.state_dict()["hvp"] == "autograd"
+    clean = CurvatureTracker(model, opt, method=method, max_hvps=6, tol=0.0, hvp="auto")
+    assert clean.step(lm_loss, batch).lambda_max == first.lambda_max
+    assert again.lambda_max == pytest.approx(clean.step(lm_loss, batch).lambda_max, rel=1e-12)
+
+
+def test_failed_tridiagonal_eigenproblem_skips_the_step(monkeypatch) -> None:
+    model, batch = make_model()
+    opt = adam_steps(model, batch, 2)
+    tr = CurvatureTracker(model, opt, method="lanczos", max_hvps=4, hvp="autograd")
+
+    def failing_eigh(t):
+        raise torch.linalg.LinAlgError("injected: the algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    assert tr.step(lm_loss, batch) is None
+    assert "tridiagonal eigenproblem failed (injected" in tr.last_skip
+
+
 # ---------------------------------------------------------------- bookkeeping
 
 def test_grads_and_params_untouched() -> None:

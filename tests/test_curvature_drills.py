@@ -1,7 +1,7 @@
 """2-process FSDP2 drills of the curvature tracker (worker: tests/workers/curvature_drills.py, one
 launch for all scenarios): bf16 mixed precision vs an fp32 single-process reference on the same
-weights, a failure on one rank only (no hang, the same decision on every rank), and locked blocks
-never gathered."""
+weights, a failure or an overflow on one rank only (no hang, the same decision on every rank),
+and locked blocks never gathered."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ def test_failure_on_one_rank_is_skipped_by_every_rank(results) -> None:
     # training goes on: the next step measures, from the last good warm start
     assert a["steps"][2]["hvp"] == "autograd"
     assert a["steps"][2]["lambda"] == pytest.approx(a["clean_second"], rel=1e-9)
+    # one rank's overflowing loss makes every rank's reduced values non-finite: all skip the
+    # step together, without the finite-difference fallback, and measure the next one
+    assert a["overflow"]["skipped"] and "non-finite operator values" in a["overflow"]["skip"]
+    assert a["overflow"]["then"] == "autograd"
     # an autograd failure on one rank under hvp="auto": every rank falls back together
     assert a["fallback"]["hvp"] == "finite_difference"
     assert a["fallback"]["lambda"] == pytest.approx(a["steps"][0]["lambda"], rel=1e-3)

@@ -3,6 +3,7 @@ scripts/edge_of_stability.py) on hand-made series with known answers."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
-from lr_sensitivity import sensitivity  # noqa: E402
+from lr_sensitivity import analyse, sensitivity  # noqa: E402
 
 
 def probes(values: list[float], every: int = 5) -> list[dict]:
@@ -72,3 +73,23 @@ def test_lr_sensitivity_metric():
     assert sensitivity([3.0, 2.5, 2.0, 6.0], init=5.0) == pytest.approx((3.0 + 2.5 + 2.0 + 5.0) / 4 - 2.0)
     assert sensitivity([2.0, 2.0, math.inf], init=4.0) == pytest.approx((2 + 2 + 4) / 3 - 2.0)
     assert sensitivity([2.0, 2.0], init=4.0) == 0.0
+
+
+def test_a_crash_is_left_out_but_a_non_finite_stop_is_a_divergence(tmp_path, capsys):
+    def run(name: str, returncode: int, records: list[dict]) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"returncode": returncode, "steps": 100}))
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+        return folder
+
+    start = [{"kind": "step", "step": 1, "loss": 7.0, "val_loss": 7.4}]
+    crashed = run("crashed", 1, start + [{"kind": "step", "step": 50, "loss": 40.0}])
+    assert analyse(crashed) is None
+    assert "crashed (exit 1" in capsys.readouterr().err
+    stopped = run("stopped", 1, start + [{"kind": "skip", "step": s, "reason": "non-finite loss"}
+                                         for s in (50, 51, 52)])
+    assert analyse(stopped)["diverged"]
+    finished = run("finished", 0, start + [{"kind": "step", "step": 100, "loss": 3.0, "val_loss": 3.1}])
+    r = analyse(finished)
+    assert not r["diverged"] and r["final_loss"] == 3.1 and r["init_loss"] == 7.4

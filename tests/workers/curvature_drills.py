@@ -102,6 +102,15 @@ def scenario_failure(rank: int, world: int) -> dict:
             return _NoDoubleBackward.apply(loss)
         return loss
 
+    def overflowing_on_rank_1(parts, b):  # rank 1's HVP share overflows a float32 dot product
+        loss = lm_loss(parts, b)
+        return loss * 1e30 if rank == 1 else loss
+
+    overflow = CurvatureTracker(model, opt, method="lanczos", max_hvps=4, tol=0.0, hvp="auto")
+    est = overflow.step(overflowing_on_rank_1, batch)
+    out["overflow"] = {"skipped": est is None, "skip": overflow.last_skip,
+                       "then": overflow.step(lm_loss, batch).hvp}
+
     fallback = CurvatureTracker(model, opt, method="lanczos", max_hvps=4, tol=0.0, hvp="auto")
     est = fallback.step(no_double_backward, batch)
     out["fallback"] = {"hvp": None if est is None else est.hvp,

@@ -9,11 +9,17 @@ reductions (one ``all_reduce`` per solver step) carry a failure flag, and :meth:
 raises :class:`MeasurementSkipped` on every rank in the same call when any rank flagged. The
 tracker then frees what the step holds and reports the skip; training continues.
 
+A reduced value that is not finite (the HVPs of a diverging run overflow) raises
+:class:`Unmeasurable`, a :class:`MeasurementSkipped`: every rank holds the same reduced values, so
+every rank raises it in the same call without another collective.
+
 Collectives *inside* a forward/backward (tensor parallelism's) are outside this protocol: a rank
 failing in the middle of one still leaves its TP peers waiting (see docs/curvature.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -21,6 +27,12 @@ import torch.distributed as dist
 
 class MeasurementSkipped(RuntimeError):
     """Raised on every rank, at the same agreement point, when any rank failed."""
+
+
+class Unmeasurable(MeasurementSkipped):
+    """Raised on every rank alike when the step's operator has no usable spectrum: a reduced value
+    is not finite, or the solver's small eigenproblem fails. Another HVP method would meet the
+    same model, so the tracker skips the step without falling back."""
 
 
 class Agreement:
@@ -49,6 +61,8 @@ class Agreement:
         out = values.tolist()
         if out[-1] > 0:
             raise MeasurementSkipped(self.reasons())
+        if not all(math.isfinite(v) for v in out[:-1]):
+            raise Unmeasurable("non-finite operator values (the loss or its curvature overflowed)")
         return out[:-1]
 
     def reasons(self) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from titanwarm.curvature import vectors as V
-from titanwarm.curvature.agreement import Agreement
+from titanwarm.curvature.agreement import Agreement, Unmeasurable
 
 Operator = Callable[[V.Vector], V.Vector]
 _TINY = 1e-30
@@ -128,7 +128,10 @@ def lanczos(op: Operator, u0: V.Vector, max_hvps: int, tol: float,
         if k > 1:
             off = torch.tensor(betas, dtype=torch.float64)
             t = t + torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(t)
+        try:  # t is built from reduced values: the same on every rank, so is the outcome
+            evals, evecs = torch.linalg.eigh(t)
+        except torch.linalg.LinAlgError as err:
+            raise Unmeasurable(f"Lanczos tridiagonal eigenproblem failed ({err})") from err
         theta, y = float(evals[-1]), evecs[:, -1]
         residual = abs(beta * float(y[-1])) / max(abs(theta), _TINY)
         if residual < tol or k == max_hvps or beta <= _TINY * max(abs(theta), 1.0):

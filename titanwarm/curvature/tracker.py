@@ -32,8 +32,8 @@ limit. Estimates are Rayleigh quotients (biased low); check ``residual``.
 
 **HVP method.** ``"autograd"`` (exact, double backward through the eager modules),
 ``"finite_difference"`` or ``"auto"``: autograd, falling back to finite differences for the rest
-of the run when the double backward fails on any rank (never in 16-bit compute or after an OOM:
-then the step is skipped). See ``hvp.py``.
+of the run when the double backward fails on any rank (never in 16-bit compute, after an OOM or
+on non-finite HVPs: then the step is skipped). See ``hvp.py``.
 
 **Collective decisions.** Every skip and fallback is agreed by all ranks (``agreement.py``):
 ``step`` returns None on every rank together, with the reason in ``last_skip``.
@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from titanwarm.curvature import vectors as V
-from titanwarm.curvature.agreement import Agreement, MeasurementSkipped
+from titanwarm.curvature.agreement import Agreement, MeasurementSkipped, Unmeasurable
 from titanwarm.curvature.hvp import (AutogradHVP, FiniteDifferenceHVP, HVPOperator, LossFn,
                                      LossModule, SubstitutedLoss)
 from titanwarm.curvature.preconditioner import (adam_hyper, adam_preconditioner, adam_steps,
@@ -161,7 +161,8 @@ class CurvatureTracker:
         Under ``hvp = "auto"`` a failed autograd solve (on any rank) switches every rank to finite
         differences for the rest of the run, unless the failure was an out-of-memory error or the
         passes compute in 16 bits (finite differences are noise there): then only this step is
-        skipped."""
+        skipped. A step whose operator values are not finite (a diverging run) is skipped too,
+        keeping the last good warm-start vector."""
         self.last_skip = None
         names, params = self.tracked()
         if not names:
@@ -174,8 +175,8 @@ class CurvatureTracker:
             est = self._estimate(fn, kind, device)
         except MeasurementSkipped as err:
             reason = str(err)
-            if (self._resolved_hvp is None and "OutOfMemoryError" not in reason
-                    and not self._sixteen_bit(fn)):
+            if (self._resolved_hvp is None and not isinstance(err, Unmeasurable)
+                    and "OutOfMemoryError" not in reason and not self._sixteen_bit(fn)):
                 logger.warning("curvature: autograd HVP failed (%s); using finite differences",
                                reason)
                 self._resolved_hvp = "finite_difference"
