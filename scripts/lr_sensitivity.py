@@ -201,7 +201,7 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
     for col, (d, b) in enumerate(cols):
         top, bottom = axes[0][col], axes[1][col]
         for a in arms:
-            xs, ys, att = [], [], []
+            xs, ys, att, lost = [], [], [], []
             for lr in lrs:
                 rs = [results[k] for s in seeds if (k := (a, d, b, lr, s)) in results]
                 if not rs:
@@ -210,14 +210,18 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
                 xs.append(lr)
                 ys.append(statistics.mean(ok) if ok else math.nan)
                 att.append(statistics.mean(r["attn_logit_peak"] for r in rs))
+                if not ok:  # every seed diverged: drawn at the loss at init, as the metric counts it
+                    lost.append((lr, statistics.mean(r["init_loss"] for r in rs)))
             top.plot(xs, ys, "o-", label=LABELS[a], ms=3, color=COLOURS[a])
+            if lost:
+                top.plot(*zip(*lost), "x", ms=8, mew=2, color=COLOURS[a])
             bottom.plot(xs, att, "o-", label=LABELS[a], ms=3, color=COLOURS[a])
         for ax in (top, bottom):
             ax.set_xscale("log")
             ax.set_xlabel("peak LR")
         bottom.set_yscale("log")
         top.set_title(f"L={d}, β2={b:g}")
-        top.set_ylabel("final val loss (gap = diverged)")
+        top.set_ylabel("final val loss (× = diverged, at init loss)")
         bottom.set_ylabel("peak max attention logit")
     axes[0][0].legend(fontsize=7)
     save_figure(fig, path)
@@ -230,6 +234,11 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
     cols = [lr for lr in lrs if any(k[3] == lr for k in results)]
     if not rows or not cols:
         return
+    # y up to 1.3 x the largest initial probe loss: a diverging run's excursions (tens of nats)
+    # would flatten every other panel; each panel names the peak it leaves off scale
+    first = [r["probes"][0]["probe_loss"] for r in results.values()
+             if r["probes"] and finite(r["probes"][0].get("probe_loss"))]
+    top = 1.3 * max(first) if first else None
     plt = pyplot()
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.8 * len(rows)),
                              squeeze=False, sharey=True)
@@ -245,9 +254,15 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
                     ax.plot([x for x, _ in pts], [y for _, y in pts], lw=0.7, color=COLOURS[a], label=LABELS[a])
             if not ax.lines:
                 ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center", va="center", fontsize=8)
+            peak = max((y for line in ax.lines for y in line.get_ydata() if finite(y)), default=None)
+            if top is not None and peak is not None and peak > top:
+                ax.text(0.98, 0.95, f"peak {peak:.0f} off scale", transform=ax.transAxes, ha="right",
+                        va="top", fontsize=7)
             ax.set_title(f"L={d}, β2={b:g}, LR {fmt(lr)}", fontsize=8)
             ax.set_xlabel("step", fontsize=7)
         axes[i][0].set_ylabel("held-out probe loss", fontsize=7)
+    if top is not None:
+        axes[0][0].set_ylim(top=top)
     handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
     axes[0][0].legend(handles.values(), handles.keys(), fontsize=6)
     save_figure(fig, path, dpi=90)
