@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from depth_spikes import BETA1, THRESHOLD, coincidence, overshoot_events, spikes  # noqa: E402
-from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
+from study_runner import (ROOT, Run, crashed, finite, minutes, pyplot, read_records, relative,  # noqa: E402
                           run_pending, save_figure)
 
 SETTINGS = {
@@ -92,6 +92,8 @@ def analyse(folder: Path, setting: str, window: int) -> dict | None:
     if not (folder / "run.json").exists():
         return None
     meta = json.loads((folder / "run.json").read_text())
+    if crashed(folder, meta):
+        return None
     records = read_records(folder)
     unlocks = [(e["step"], e["layers"]) for e in read_records(folder, "unlock")]
     key = SETTINGS[setting]["spike_key"]

@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
+from study_runner import (ROOT, Run, crashed, finite, minutes, pyplot, read_records, relative,  # noqa: E402
                           run_pending, save_figure)
 
 CONFIG = "train_configs/repro/eos_fullbatch.toml"
@@ -72,6 +72,8 @@ def analyse(folder: Path) -> dict | None:
     meta_path = folder / "run.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
+        if crashed(folder, meta):
+            return None
     elif (folder / "metrics.jsonl").exists():  # still running (or interrupted): reported as such
         meta = {"returncode": None, "elapsed_s": None}
     else:

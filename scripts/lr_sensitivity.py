@@ -43,7 +43,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import (ROOT, Run, finite, minutes, pyplot, read_records, relative,  # noqa: E402
+from study_runner import (ROOT, Run, crashed, finite, minutes, pyplot, read_records, relative,  # noqa: E402
                           run_pending, save_figure)
 
 CONFIG = "train_configs/repro/lr_sensitivity.toml"
@@ -110,12 +110,10 @@ def analyse(folder: Path) -> dict | None:
     if not (folder / "run.json").exists():
         return None
     meta = json.loads((folder / "run.json").read_text())
+    if crashed(folder, meta):
+        return None
     steps = read_records(folder)
     skips = read_records(folder, "skip")
-    if meta["returncode"] != 0 and not skips:
-        print(f"{relative(folder)}: crashed (exit {meta['returncode']}, no non-finite-loss stop), "
-              "left out; see its train.log, move the folder away to rerun it", file=sys.stderr)
-        return None
     vals = [(r["step"], r["val_loss"]) for r in steps if "val_loss" in r]
     loss = [(r["step"], r["loss"]) for r in steps]
     init = vals[0][1] if vals else math.nan

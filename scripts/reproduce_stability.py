@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import ROOT, Run, run_pending  # noqa: E402
+from study_runner import ROOT, Run, crashed, run_pending  # noqa: E402
 
 METHODS = ["baseline", "qk_norm", "qk_clip", "softcap", "archwarm", "archwarm_qk_norm"]
 LABELS = {
@@ -163,6 +163,8 @@ def analyse(folder: Path, factor: float, window: int) -> dict | None:
     if not meta_path.exists() or not metrics_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
+    if crashed(folder, meta):
+        return None
     records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     steps = [r for r in records if r.get("kind") == "step"]
     skips = [r for r in records if r.get("kind") == "skip"]

@@ -92,6 +92,18 @@ def read_records(folder: Path, kind: str = "step") -> list[dict]:
     return [r for r in records if r.get("kind") == kind]
 
 
+def crashed(folder: Path, meta: dict) -> bool:
+    """Whether the finished run in ``folder`` crashed: it exited non-zero without the trainer's
+    ``skip`` records (the trainer skips a non-finite step and stops after repeated ones, which is a
+    divergence). A crash is a bug to read in ``train.log``, not a divergence: the analyses leave it
+    out and say so here, on stderr."""
+    if meta.get("returncode") in (0, None) or read_records(folder, "skip"):
+        return False
+    print(f"{relative(folder)}: crashed (exit {meta['returncode']}, no non-finite-step stop), left out; "
+          "see its train.log, move the folder away to rerun it", file=sys.stderr)
+    return True
+
+
 def relative(path: Path) -> str:
     """``path`` relative to the repository root when inside it (for commands and dump folders)."""
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
+import edge_of_stability  # noqa: E402
 from lr_sensitivity import analyse, sensitivity  # noqa: E402
 
 
@@ -75,21 +76,34 @@ def test_lr_sensitivity_metric():
     assert sensitivity([2.0, 2.0], init=4.0) == 0.0
 
 
-def test_a_crash_is_left_out_but_a_non_finite_stop_is_a_divergence(tmp_path, capsys):
-    def run(name: str, returncode: int, records: list[dict]) -> Path:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "run.json").write_text(json.dumps({"returncode": returncode, "steps": 100}))
-        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-        return folder
+def run_folder(root: Path, name: str, returncode: int, records: list[dict]) -> Path:
+    """A finished study run as the driver leaves it: run.json plus the trainer's metrics.jsonl."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"returncode": returncode, "steps": 100}))
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    return folder
 
+
+def test_a_crash_is_left_out_but_a_non_finite_stop_is_a_divergence(tmp_path, capsys):
     start = [{"kind": "step", "step": 1, "loss": 7.0, "val_loss": 7.4}]
-    crashed = run("crashed", 1, start + [{"kind": "step", "step": 50, "loss": 40.0}])
+    crashed = run_folder(tmp_path, "crashed", 1, start + [{"kind": "step", "step": 50, "loss": 40.0}])
     assert analyse(crashed) is None
     assert "crashed (exit 1" in capsys.readouterr().err
-    stopped = run("stopped", 1, start + [{"kind": "skip", "step": s, "reason": "non-finite loss"}
-                                         for s in (50, 51, 52)])
+    stopped = run_folder(tmp_path, "stopped", 1, start + [{"kind": "skip", "step": s, "reason": "non-finite loss"}
+                                                          for s in (50, 51, 52)])
     assert analyse(stopped)["diverged"]
-    finished = run("finished", 0, start + [{"kind": "step", "step": 100, "loss": 3.0, "val_loss": 3.1}])
+    finished = run_folder(tmp_path, "finished", 0, start + [{"kind": "step", "step": 100, "loss": 3.0, "val_loss": 3.1}])
     r = analyse(finished)
     assert not r["diverged"] and r["final_loss"] == 3.1 and r["init_loss"] == 7.4
+
+
+def test_full_batch_analysis_leaves_a_crash_out_too(tmp_path, capsys):
+    # scripts/edge_of_stability.py shares the rule: a non-zero exit is a divergence only with the
+    # trainer's skip records; without them it is a crash, reported and left out.
+    steps = [{"kind": "step", "step": s, "loss": 7.0 - 0.01 * s, "lr": 1e-2, "lr_lambda": 30.0} for s in range(1, 61)]
+    assert edge_of_stability.analyse(run_folder(tmp_path, "crashed", 1, steps)) is None
+    assert "crashed (exit 1" in capsys.readouterr().err
+    stopped = run_folder(tmp_path, "stopped", 1, steps + [{"kind": "skip", "step": 61, "reason": "non-finite loss"}])
+    assert edge_of_stability.analyse(stopped)["diverged"]
+    assert not edge_of_stability.analyse(run_folder(tmp_path, "finished", 0, steps))["diverged"]
