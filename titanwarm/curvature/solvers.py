@@ -50,7 +50,7 @@ class SolveResult:
 def _normalized(u: V.Vector, agree: Agreement) -> V.Vector:
     out = V.clone(u)
     (sq,) = agree.reduce([V.local_dot(out, out)])
-    if not sq > 0 or sq != sq:
+    if not sq > 0:  # also NaN; a non-finite reduced value already raised Unmeasurable
         raise ValueError(f"cannot normalise a vector of squared norm {sq}")
     V.scale_(out, sq ** -0.5)
     return out
