@@ -93,7 +93,8 @@ def test_a_crash_is_left_out_but_a_non_finite_stop_is_a_divergence(tmp_path, cap
     stopped = run_folder(tmp_path, "stopped", 1, start + [{"kind": "skip", "step": s, "reason": "non-finite loss"}
                                                           for s in (50, 51, 52)])
     assert analyse(stopped)["diverged"]
-    finished = run_folder(tmp_path, "finished", 0, start + [{"kind": "step", "step": 100, "loss": 3.0, "val_loss": 3.1}])
+    finished = run_folder(tmp_path, "finished", 0,
+                          start + [{"kind": "step", "step": 100, "loss": 3.0, "val_loss": 3.1}])
     r = analyse(finished)
     assert not r["diverged"] and r["final_loss"] == 3.1 and r["init_loss"] == 7.4
 
