@@ -25,9 +25,11 @@ def free_port() -> int:
 def torchrun(nproc: int, args: list[str], timeout: float = 300, env: dict | None = None,
              check: bool = True) -> subprocess.CompletedProcess:
     """Run ``torchrun --nproc_per_node=nproc <args>`` from the repo root; raise with the
-    output on a non-zero exit when ``check``."""
+    output on a non-zero exit when ``check``. A worker killed by a native fault (SIGSEGV,
+    SIGABRT from glibc's heap checks) prints every thread's Python stack (faulthandler)."""
     full_env = dict(os.environ)
     full_env.setdefault("OMP_NUM_THREADS", "1")
+    full_env.setdefault("PYTHONFAULTHANDLER", "1")
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
