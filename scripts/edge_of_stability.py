@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_runner import (ROOT, Run, crashed, finite, minutes, pyplot, read_records, relative,  # noqa: E402
-                          run_pending, save_figure)
+                          run_pending, save_figure, sync_archive)
 
 CONFIG = "train_configs/repro/eos_fullbatch.toml"
 DEPTHS = [4, 8, 16]
@@ -69,6 +69,7 @@ def child_command(python: str, depth: int, beta2: float, lr: float, steps: int, 
 def analyse(folder: Path) -> dict | None:
     import json
 
+    sync_archive(folder)
     meta_path = folder / "run.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())

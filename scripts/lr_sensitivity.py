@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_runner import (ROOT, Run, crashed, finite, minutes, pyplot, read_records, relative,  # noqa: E402
-                          run_pending, save_figure)
+                          run_pending, save_figure, sync_archive)
 
 CONFIG = "train_configs/repro/lr_sensitivity.toml"
 DATA_OVERRIDES: list[str] = ["--training.shuffle", "true"]  # shuffle_seed follows the run's seed
@@ -107,6 +107,7 @@ def analyse(folder: Path) -> dict | None:
     """Loss, divergence and mechanism summary of one finished run (None if not finished, or if it
     crashed: a non-zero exit without the trainer's stop on repeated non-finite losses is a bug,
     not a divergence, and is reported on stderr instead of counted)."""
+    sync_archive(folder)
     if not (folder / "run.json").exists():
         return None
     meta = json.loads((folder / "run.json").read_text())

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study_runner import ROOT, Run, crashed, run_pending  # noqa: E402
+from study_runner import ROOT, Run, crashed, run_pending, sync_archive  # noqa: E402
 
 METHODS = ["baseline", "qk_norm", "qk_clip", "softcap", "archwarm", "archwarm_qk_norm"]
 LABELS = {
@@ -159,6 +159,7 @@ def run_all(jobs: list[tuple[str, float, int]], out: Path, n_parallel: int, pyth
 
 # ---------------------------------------------------------------------------------- analysis
 def analyse(folder: Path, factor: float, window: int) -> dict | None:
+    sync_archive(folder)
     meta_path, metrics_path = folder / "run.json", folder / "metrics.jsonl"
     if not meta_path.exists() or not metrics_path.exists():
         return None

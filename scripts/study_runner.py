@@ -7,6 +7,15 @@ run's metadata, return code, wall time, CPU time (user + system, from ``wait4``:
 runs on a shared machine, unlike wall time) and the exact command. Children run single-threaded
 (OMP_NUM_THREADS=1), optionally under ``nice``. Also the small helpers the study reports share
 (reading metrics, formatting times, matplotlib without a display).
+
+**Committed runs.** ``outputs/`` is not tracked, so a study's raw records would die with the machine
+that made them (sessions 1-7 of issue 17 lost theirs that way) and its figures could then only be
+remade by rerunning everything. Every finished run under ``outputs/`` is therefore also kept in
+``docs/results/runs/`` (same relative path: ``run.json`` and ``metrics.jsonl.zst``, the metrics
+compressed with zstd, ~5x); :func:`sync_archive` copies a run there when it finishes and back into
+``outputs/`` when a fresh checkout lacks it, so ``--report-only`` works from the repository alone and
+a resumed study skips what is committed. Runs outside ``outputs/`` (timing probes in ``/tmp``) are
+not kept.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -22,6 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUTS = ROOT / "outputs"
+"""Where the studies write their runs (not tracked)."""
+ARCHIVE = ROOT / "docs" / "results" / "runs"
+"""The committed copies of the finished runs under ``OUTPUTS`` (same relative paths)."""
 
 
 @dataclass
@@ -41,6 +55,7 @@ def run_pending(runs: list[Run], n_parallel: int, nice: int = 0,
     run whose stored metadata differs from ``run.meta`` stops everything (exit message)."""
     pending = []
     for run in runs:
+        sync_archive(run.folder)
         done = run.folder / "run.json"
         if done.exists():
             stored = json.loads(done.read_text())
@@ -77,10 +92,61 @@ def run_pending(runs: list[Run], n_parallel: int, nice: int = 0,
             elapsed = time.time() - t0
             (run.folder / "run.json").write_text(json.dumps(
                 {**run.meta, "returncode": rc, "elapsed_s": elapsed,
-                 "cpu_s": usage.ru_utime + usage.ru_stime,
+                 "cpu_s": usage.ru_utime + usage.ru_stime, "machine": machine(),
                  "command": "OMP_NUM_THREADS=1 " + shlex.join(run.command)}, indent=1))
+            sync_archive(run.folder)
             print(f"done rc={rc} {elapsed:.0f}s: {run.folder}", flush=True)
         running = still
+
+
+def machine() -> dict:
+    """What made a run: the CPU model, its vector instruction set as torch uses it, the host's CPU
+    count and the torch version (the driver's, which is the runs' unless ``--python`` says
+    otherwise). Reruns on one machine are bit-identical, but float rounding differs between CPUs
+    (their vector kernels), and at a high LR that grows into different trajectories (issue 17: 0.04
+    nats apart after 1,000 steps), so a committed run says where it ran."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "vector_isa": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__}
+
+
+def archived(folder: Path) -> Path | None:
+    """The committed copy of run ``folder`` (None for a folder outside ``OUTPUTS``)."""
+    folder = folder.resolve()
+    return ARCHIVE / folder.relative_to(OUTPUTS) if folder.is_relative_to(OUTPUTS) else None
+
+
+def sync_archive(folder: Path) -> None:
+    """Make the finished run ``folder`` and its committed copy agree: a finished run (``run.json``)
+    that is not committed yet is copied into ``ARCHIVE``; a committed run missing from ``folder`` (a
+    fresh checkout, or an interrupted attempt of the same run) is restored there, ``run.json`` last,
+    so a half-restored folder still reads as unfinished."""
+    import zstandard
+
+    copy = archived(folder)
+    if copy is None:
+        return
+    if (folder / "run.json").exists():
+        if not (copy / "run.json").exists():
+            copy.mkdir(parents=True, exist_ok=True)
+            if (folder / "metrics.jsonl").exists():
+                data = (folder / "metrics.jsonl").read_bytes()
+                (copy / "metrics.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(data))
+            (copy / "run.json").write_text((folder / "run.json").read_text())
+    elif (copy / "run.json").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+        if (copy / "metrics.jsonl.zst").exists():
+            data = zstandard.ZstdDecompressor().decompress((copy / "metrics.jsonl.zst").read_bytes())
+            (folder / "metrics.jsonl").write_bytes(data)
+        (folder / "run.json").write_text((copy / "run.json").read_text())
 
 
 def read_records(folder: Path, kind: str = "step") -> list[dict]:

@@ -108,3 +108,38 @@ def test_full_batch_analysis_leaves_a_crash_out_too(tmp_path, capsys):
     stopped = run_folder(tmp_path, "stopped", 1, steps + [{"kind": "skip", "step": 61, "reason": "non-finite loss"}])
     assert edge_of_stability.analyse(stopped)["diverged"]
     assert not edge_of_stability.analyse(run_folder(tmp_path, "finished", 0, steps))["diverged"]
+
+
+def test_finished_runs_are_committed_and_restored_from_the_archive(tmp_path, monkeypatch):
+    # A fresh checkout has no outputs/: the committed copy must bring the run back exactly, the
+    # driver must then skip it (not rerun it), and a run outside outputs/ (a /tmp probe) is not kept.
+    import study_runner
+
+    outputs, archive = tmp_path / "outputs", tmp_path / "archive"
+    monkeypatch.setattr(study_runner, "OUTPUTS", outputs)
+    monkeypatch.setattr(study_runner, "ARCHIVE", archive)
+    records = [{"kind": "step", "step": s, "loss": 7.0 / s} for s in range(1, 50)]
+    writer = ("import json, sys, pathlib; p = pathlib.Path(sys.argv[1]) / 'metrics.jsonl'; "
+              f"p.write_text(''.join(json.dumps(r) + '\\n' for r in {records!r}))")
+    folder = outputs / "lrs" / "baseline" / "L8_run"
+    run = study_runner.Run(folder, [sys.executable, "-c", writer, str(folder)],
+                           {"lr": 0.1})
+    study_runner.run_pending([run], 1)
+    copy = archive / "lrs" / "baseline" / "L8_run"
+    assert (copy / "run.json").read_text() == (folder / "run.json").read_text()
+    original = (folder / "metrics.jsonl").read_bytes()
+    assert (copy / "metrics.jsonl.zst").stat().st_size < len(original)
+
+    for name in ("run.json", "metrics.jsonl", "train.log"):
+        (folder / name).unlink()
+    (folder / "metrics.jsonl").write_text("an interrupted attempt's partial records\n")
+    failing = study_runner.Run(folder, [sys.executable, "-c", "raise SystemExit(3)"], {"lr": 0.1})
+    study_runner.run_pending([failing], 1)  # restored, so skipped: a rerun would exit 3
+    assert (folder / "metrics.jsonl").read_bytes() == original
+    assert json.loads((folder / "run.json").read_text())["returncode"] == 0
+    assert not (folder / "train.log").exists()
+    assert [r["loss"] for r in study_runner.read_records(folder)] == [r["loss"] for r in records]
+
+    probe = tmp_path / "probe"
+    study_runner.run_pending([study_runner.Run(probe, [sys.executable, "-c", "pass"], {})], 1)
+    assert (probe / "run.json").exists() and sorted(p.name for p in archive.rglob("run.json")) == ["run.json"]
