@@ -193,7 +193,8 @@ def panels(results: dict, depths, beta2s) -> list[tuple[int, float]]:
 
 
 def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
-    """Final val loss (top) and peak max attention logit (bottom) vs LR, a column per (depth, beta2)."""
+    """Final val loss (top) and peak max attention logit (bottom) vs LR, a column per (depth, beta2);
+    one legend naming every arm drawn in any panel."""
     cols = panels(results, depths, beta2s)
     plt = pyplot()
     fig, axes = plt.subplots(2, len(cols), figsize=(4.5 * len(cols), 7), squeeze=False)
@@ -211,6 +212,8 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
                 att.append(statistics.mean(r["attn_logit_peak"] for r in rs))
                 if not ok:  # every seed diverged: drawn at the loss at init, as the metric counts it
                     lost.append((lr, statistics.mean(r["init_loss"] for r in rs)))
+            if not xs:  # an arm not run in this panel gets no line, hence no legend entry
+                continue
             top.plot(xs, ys, "o-", label=LABELS[a], ms=3, color=COLOURS[a])
             if lost:
                 top.plot(*zip(*lost), "x", ms=8, mew=2, color=COLOURS[a])
@@ -222,7 +225,9 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
         top.set_title(f"L={d}, β2={b:g}")
         top.set_ylabel("final val loss (× = diverged, at init loss)")
         bottom.set_ylabel("peak max attention logit")
-    axes[0][0].legend(fontsize=7)
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    order = [LABELS[a] for a in arms if LABELS[a] in handles]
+    axes[0][0].legend([handles[label] for label in order], order, fontsize=7)
     save_figure(fig, path)
 
 
