@@ -192,6 +192,13 @@ def panels(results: dict, depths, beta2s) -> list[tuple[int, float]]:
     return [(d, b) for d in depths for b in beta2s if any(k[1:3] == (d, b) for k in results)]
 
 
+def arm_legend(target, axes, arms, fontsize: int):
+    """One legend on `target` naming each arm drawn in any of `axes` once, in the order of `arms`."""
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    order = [LABELS[a] for a in arms if LABELS[a] in handles]
+    return target.legend([handles[label] for label in order], order, fontsize=fontsize)
+
+
 def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
     """Final val loss (top) and peak max attention logit (bottom) vs LR, a column per (depth, beta2);
     one legend naming every arm drawn in any panel."""
@@ -225,9 +232,7 @@ def plot(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> None:
         top.set_title(f"L={d}, β2={b:g}")
         top.set_ylabel("final val loss (× = diverged, at init loss)")
         bottom.set_ylabel("peak max attention logit")
-    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
-    order = [LABELS[a] for a in arms if LABELS[a] in handles]
-    axes[0][0].legend([handles[label] for label in order], order, fontsize=7)
+    arm_legend(axes[0][0], axes[0], arms, fontsize=7)
     save_figure(fig, path)
 
 
@@ -267,8 +272,7 @@ def plot_curves(results: dict, arms, depths, beta2s, lrs, seeds, path: Path) -> 
         axes[i][0].set_ylabel("held-out probe loss", fontsize=7)
     if top is not None:
         axes[0][0].set_ylim(top=top)
-    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels())}
-    axes[0][0].legend(handles.values(), handles.keys(), fontsize=6)
+    arm_legend(axes[0][0], axes.flat, arms, fontsize=6)
     save_figure(fig, path, dpi=90)
 
 

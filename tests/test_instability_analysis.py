@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
 import edge_of_stability  # noqa: E402
-from lr_sensitivity import analyse, sensitivity  # noqa: E402
+from lr_sensitivity import LABELS, analyse, arm_legend, sensitivity  # noqa: E402
+from study_runner import pyplot  # noqa: E402
 
 
 def probes(values: list[float], every: int = 5) -> list[dict]:
@@ -143,3 +144,16 @@ def test_finished_runs_are_committed_and_restored_from_the_archive(tmp_path, mon
     probe = tmp_path / "probe"
     study_runner.run_pending([study_runner.Run(probe, [sys.executable, "-c", "pass"], {})], 1)
     assert (probe / "run.json").exists() and sorted(p.name for p in archive.rglob("run.json")) == ["run.json"]
+
+
+def test_arm_legend_names_each_drawn_arm_once_in_the_arms_order():
+    """The figures' legend: an arm drawn only in a later panel is named, an arm drawn in two
+    panels is named once, an arm not drawn anywhere is not named, and the order is the arms'."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2)
+    left.plot([1, 2], [1, 2], label=LABELS["qk_clip"])
+    right.plot([1, 2], [2, 1], label=LABELS["qk_clip"])
+    right.plot([1, 2], [3, 3], label=LABELS["baseline"])
+    legend = arm_legend(left, [left, right], ["baseline", "qk_norm", "qk_clip"], fontsize=7)
+    assert [t.get_text() for t in legend.get_texts()] == [LABELS["baseline"], LABELS["qk_clip"]]
+    plt.close(fig)
