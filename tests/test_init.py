@@ -15,7 +15,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from torch.testing._internal.distributed.fake_pg import FakeStore
 
 from titanwarm.distributed.param_init import draw_param
-from titanwarm.models.weight_init import InitRule, param_key
+from titanwarm.models.weight_init import InitRule, counter_uniform, param_key
 
 LAYOUTS = {
     "fsdp8": ((8,), lambda: [Shard(0)]),
@@ -40,6 +40,20 @@ def test_each_rank_draws_exactly_its_shard_of_the_full_draw(layout, shape):
             assert torch.equal(param.to_local(), expected), (layout, rank)
         finally:
             dist.destroy_process_group()
+
+
+def test_the_top_uniform_stays_below_one_so_every_normal_draw_is_finite():
+    # Element 1637 of this stream has all 24 uniform bits set: before the clamp in counter_uniform
+    # it drew exactly u = 1 and an infinite weight (the noise unlock of block 11 at seed 2 in the
+    # instability study, which made the run non-finite on the step the block unlocked).
+    key, index = param_key(2, "unlock/layers.11.attention.wo.weight"), torch.tensor([1636, 1637])
+    u = counter_uniform(key, index)
+    assert u[1].item() == 1.0 - 2.0**-24 and 0.0 < u[0].item() < u[1].item()
+    z = InitRule("normal", 1.0).values(key, index)
+    assert torch.isfinite(z).all() and 5.0 < z[1].item() < 5.5  # sqrt(2) erfinv(1 - 2^-23) = 5.29
+    # the lowest pattern, k = 0, is exactly representable: u = 2^-25
+    assert counter_uniform(0, torch.tensor([0])).item() == 2.0**-25
+    assert torch.isfinite(InitRule("normal", 1e-3).sample(torch.Size((128, 128)), key)).all()
 
 
 def test_draw_is_a_function_of_position_and_has_the_right_law():

@@ -24,6 +24,8 @@ _GOLDEN, _MIX1, _MIX2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E
 _PHI_LO = 0.5 * math.erfc(3.0 / math.sqrt(2))
 """Standard normal CDF at -3: the normal truncated at +-3 std maps u to the quantile of
 PHI_LO + u (1 - 2 PHI_LO)."""
+_U_MAX = 1.0 - 2.0**-24
+"""The largest float32 below 1: the top of ``counter_uniform``'s range."""
 CHUNK = 1 << 18
 """Elements drawn per step: the integer temporaries stay in cache (faster than whole tensors) and
 the op count stays low (each op is a kernel launch on GPU, a thread barrier on CPU)."""
@@ -48,7 +50,11 @@ def counter_uniform(key: int, index: torch.Tensor) -> torch.Tensor:
     x.bitwise_xor_(_shr_(x, 30)).mul_(_MIX1)
     x.bitwise_xor_(_shr_(x, 27)).mul_(_MIX2)
     x.bitwise_xor_(_shr_(x, 31))
-    return _shr_(x, 40).to(torch.float32).add_(0.5).mul_(2.0**-24)
+    # (k + 0.5) / 2^24 for the 24-bit integer k. float32 cannot hold k + 0.5 once k >= 2^23, and
+    # rounds the top one (k = 2^24 - 1, one element in 2^24) up to exactly 1, whose normal
+    # quantile is inf: a 128k x 3k embedding would start with ~23 infinite weights. The clamp moves
+    # that one value to the largest float32 below 1 and leaves every other value as it was.
+    return _shr_(x, 40).to(torch.float32).add_(0.5).mul_(2.0**-24).clamp_(max=_U_MAX)
 
 
 @dataclass(frozen=True)
