@@ -1,12 +1,13 @@
 """Token folders: pretokenize (formats, worker-count invariance, rerun, held-out split, decode round
 trip), the memory-mapped ``WindowLoader`` (coverage per epoch over dp 1/2/4, batches independent of the
-dp split, O(1) resume, mixtures, foreign shards, prefetch), the built-in corpus parity with the
-streaming loader, and clear errors for bad token data."""
+dp split, O(1) resume, mixtures, foreign shards, prefetch, the trainer stopping the prefetch thread),
+the built-in corpus parity with the streaming loader, and clear errors for bad token data."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from tests.launch import REPO, torchrun
 from titanwarm import cli
+from titanwarm.config import load_config
 from titanwarm.config.sections import JobConfig, Training
 from titanwarm.data import DataError, TokenWindowLoader, build_dataloader, corpus_documents, iter_documents
 from titanwarm.data.corpus import cache_dir
@@ -25,6 +27,7 @@ from titanwarm.data.token_writer import PartWriter, tokenizer_record, write_docu
 from titanwarm.data.token_folder import open_tokens, read_manifest
 from titanwarm.data.window_loader import WindowLoader
 from titanwarm.tokenizers import load_tokenizer
+from titanwarm.trainer import Trainer
 
 TOKENIZER = str(REPO / "tokenizer" / "titanwarm_8k.tiktoken")
 WINDOW = 8  # seq_len 7
@@ -188,6 +191,35 @@ def test_prefetch_matches_the_plain_loader(tmp_path, tok):
         assert torch.equal(next(plain)[0], next(ahead)[0])
         assert ahead.state_dict() == plain.state_dict()
     ahead.close()
+
+
+@pytest.mark.parametrize("ending", ["finished", "raised"])
+def test_training_stops_the_prefetch_thread_however_it_ends(tmp_path, ending):
+    """A daemon thread still inside a torch op when the interpreter exits aborts the process after a
+    successful run ("terminate called without an active exception"; it failed CI once), so
+    ``Trainer.train`` stops the prefetch thread on success and on error."""
+    cfg, _ = load_config([
+        "--model.flavor", "tinymodel", "--training.seq_len", "16", "--training.local_batch_size", "2",
+        "--training.steps", "3", "--training.device", "cpu", "--training.prefetch", "2",
+        "--validation.enable", "false", "--metrics.enable_tensorboard", "false",
+        "--metrics.console", "false", "--job.dump_folder", str(tmp_path)])
+    trainer = Trainer(cfg)
+    assert isinstance(trainer.train_loader, Prefetcher)
+    started: list[bool] = []
+
+    def after_step(t: Trainer) -> None:
+        started.append(any(th.name.startswith("prefetch ") for th in threading.enumerate()))
+        if ending == "raised":
+            raise RuntimeError("hook failed")
+
+    trainer.add_hook("after_step", after_step)
+    if ending == "raised":
+        with pytest.raises(RuntimeError, match="hook failed"):
+            trainer.train()
+    else:
+        trainer.train()
+    assert started and all(started)  # the thread ran while training
+    assert not [th.name for th in threading.enumerate() if th.name.startswith("prefetch ")]
 
 
 # ---------------------------------------------------------------- the built-in corpus

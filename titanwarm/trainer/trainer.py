@@ -28,6 +28,7 @@ from titanwarm.checkpoint.manager import CheckpointManager, resume_point
 from titanwarm.checkpoint.optimizer_state import OptimizerState
 from titanwarm.config.sections import JobConfig
 from titanwarm.data import build_dataloader
+from titanwarm.data.prefetch import Prefetcher
 from titanwarm.distributed.init import (init_distributed, require_cublas_workspace, resolve_device,
                                      resolve_param_dtype)
 from titanwarm.distributed.parallel_dims import ParallelDims
@@ -249,7 +250,17 @@ class Trainer:
         return self.step % freq == 0 or self.step == 1 or self.step == self.cfg.training.steps
 
     def train(self) -> None:
-        """Run until ``training.steps``; log, validate and call hooks along the way."""
+        """Run until ``training.steps``; log, validate and call hooks along the way. However it
+        ends, the train loader's prefetch thread is stopped first: a daemon thread still inside a
+        torch op when the interpreter exits is killed mid-unwind, and the process aborts
+        ("terminate called without an active exception") after the run has succeeded."""
+        try:
+            self._train()
+        finally:
+            if isinstance(self.train_loader, Prefetcher):
+                self.train_loader.close()
+
+    def _train(self) -> None:
         cfg = self.cfg
         steps = cfg.training.steps
         pd = self.parallel_dims
