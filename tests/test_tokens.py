@@ -106,9 +106,12 @@ def test_seed_changes_the_order(tmp_path, tok):
 def test_resume_is_exact_and_survives_a_dp_change(tmp_path, tok, consumed, prefetch):
     src = [stream(arange_folder(tmp_path / "d", tok, [64 * WINDOW]), tok)]
 
+    made = []
+
     def make(world, rank, batch):
         loader = WindowLoader(src, WINDOW - 1, batch, rank, world, shuffle=True, seed=7)
-        return Prefetcher(loader, prefetch) if prefetch else loader
+        made.append(Prefetcher(loader, prefetch) if prefetch else loader)
+        return made[-1]
 
     first = make(2, 0, 4)
     for _ in range(consumed):
@@ -125,6 +128,8 @@ def test_resume_is_exact_and_survives_a_dp_change(tmp_path, tok, consumed, prefe
     single.load_state_dict(state)
     for (x, _), (sx, _) in zip(expected, (next(single) for _ in range(4))):
         assert torch.equal(x, sx[:4])
+    for loader in made:
+        getattr(loader, "close", lambda: None)()
 
 
 def test_resume_refuses_other_data_or_layout(tmp_path, tok):
@@ -205,10 +210,14 @@ def test_training_stops_the_prefetch_thread_however_it_ends(tmp_path, ending):
         "--metrics.console", "false", "--job.dump_folder", str(tmp_path)])
     trainer = Trainer(cfg)
     assert isinstance(trainer.train_loader, Prefetcher)
+    before = set(threading.enumerate())
     started: list[bool] = []
 
+    def new_prefetch_threads() -> list[str]:
+        return [th.name for th in set(threading.enumerate()) - before if th.name.startswith("prefetch ")]
+
     def after_step(t: Trainer) -> None:
-        started.append(any(th.name.startswith("prefetch ") for th in threading.enumerate()))
+        started.append(bool(new_prefetch_threads()))
         if ending == "raised":
             raise RuntimeError("hook failed")
 
@@ -219,7 +228,7 @@ def test_training_stops_the_prefetch_thread_however_it_ends(tmp_path, ending):
     else:
         trainer.train()
     assert started and all(started)  # the thread ran while training
-    assert not [th.name for th in threading.enumerate() if th.name.startswith("prefetch ")]
+    assert not new_prefetch_threads()
 
 
 # ---------------------------------------------------------------- the built-in corpus

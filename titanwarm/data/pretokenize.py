@@ -106,7 +106,10 @@ def pretokenize(tokenizer_path: str, output: str, inputs: list[str], val_fractio
         print(f"pretokenize: {len(done)} of {len(files)} files already done in {folder}; skipping them",
               file=sys.stderr)
 
-    tokens, bytes_read = mp.Value("q", 0), mp.Value("q", 0)
+    # spawned, not forked: forking a process that runs other threads (a caller's data or logging
+    # threads, torch's pools) can leave a lock held forever in the child
+    ctx = mp.get_context("spawn")
+    tokens, bytes_read = ctx.Value("q", 0), ctx.Value("q", 0)
     t0, last_print = time.perf_counter(), 0.0
 
     def report(final: bool = False) -> None:
@@ -120,7 +123,6 @@ def pretokenize(tokenizer_path: str, output: str, inputs: list[str], val_fractio
               file=sys.stderr, flush=True)
 
     if todo:
-        ctx = mp.get_context("spawn" if sys.platform != "linux" else "fork")
         with ctx.Pool(min(workers, len(todo)), _init_worker, (tokenizer_path, tokens, bytes_read)) as pool:
             pending = pool.imap_unordered(_tokenize_file, todo)
             while len(done) < len(files):
