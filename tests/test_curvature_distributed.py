@@ -36,7 +36,7 @@ def single():
 def test_lambda_matches_single_process(model: str, layout: str, nproc: int, single, tmp_path) -> None:
     out = tmp_path / "result.json"
     torchrun(nproc, ["tests/workers/curvature_parity.py", "--layout", layout, "--model", model,
-                     "--out", str(out)], timeout=240, rerun_on_heap_abort=True)
+                     "--out", str(out)], timeout=240, rerun_on_native_abort=True)
     dist = json.loads(out.read_text())
     single = single(model)
     ref = single["autograd"]

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("drills") / "result"
-    torchrun(2, ["tests/workers/curvature_drills.py", "--out", str(out)], timeout=300, rerun_on_heap_abort=True)
+    torchrun(2, ["tests/workers/curvature_drills.py", "--out", str(out)], timeout=300,
+             rerun_on_native_abort=True)
     return [json.loads(out.with_name(f"result.{r}.json").read_text()) for r in range(2)]
 
 

@@ -23,7 +23,7 @@ def results(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("muon")
     found = {}
     for nproc, layouts in ((2, ["fsdp", "tp"]), (4, ["fsdp_tp"])):
-        torchrun(nproc, [WORKER, str(out / f"{nproc}.json"), *layouts])
+        torchrun(nproc, [WORKER, str(out / f"{nproc}.json"), *layouts], rerun_on_native_abort=True)
         found.update(json.loads((out / f"{nproc}.json").read_text()))
     return found
 

@@ -32,7 +32,7 @@ def parallel_results(tmp_path_factory) -> dict:
     results = {}
     for nproc, names in ((2, TWO_PROCS), (4, FOUR_PROCS)):
         path = out / f"{nproc}.pt"
-        torchrun(nproc, [WORKER, str(path), *names])
+        torchrun(nproc, [WORKER, str(path), *names], rerun_on_native_abort=True)
         results.update(torch.load(path))
     return results
 

@@ -273,7 +273,7 @@ PARALLEL = ["fsdp_all", "fsdp_clip", "tp_all", "tp_clip"]
 @pytest.fixture(scope="module")
 def parallel_results(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("stabilizers") / "2.pt"
-    torchrun(2, [WORKER, str(path), *PARALLEL])
+    torchrun(2, [WORKER, str(path), *PARALLEL], rerun_on_native_abort=True)
     return torch.load(path)
 
 
