@@ -1,8 +1,6 @@
 """Train a model from a TOML config: ``[torchrun ...] train.py --config FILE [--section.key value]``."""
 
-import sys
-
-from titanwarm.cli import main
+from titanwarm.cli import exit_after_run, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())

@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from titanwarm.cli import exit_after_run
 from titanwarm.config import load_config
 from titanwarm.trainer import Trainer
 
@@ -13,3 +14,4 @@ trainer = Trainer(cfg)
 trainer.checkpoint.maybe_load()
 trainer.checkpoint.export_model()
 torch.distributed.destroy_process_group()
+exit_after_run(0)
