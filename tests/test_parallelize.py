@@ -109,7 +109,7 @@ def test_scalar_all_reduce_across_two_ranks() -> None:
     """The one scalar all-reduce helper (and the fault guard's skip/stop decision built on it)
     really combines the ranks' values: rank r contributes r+1, 10r, [r, 2r], loss r and a stop
     signal on the last rank only."""
-    out = torchrun(2, ["tests/workers/scalar_reduce.py"], timeout=120).stdout
+    out = torchrun(2, ["tests/workers/scalar_reduce.py"], timeout=120, rerun_on_native_abort=True).stdout
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     assert float(values["mean_float"]) == 1.5
     assert float(values["max_float"]) == 10.0
