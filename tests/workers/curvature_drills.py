@@ -23,6 +23,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 import titanwarm.curvature.hvp as hvp_module
+from titanwarm.cli import exit_after_run
 from titanwarm.curvature import CurvatureTracker
 from titanwarm.distributed.parallelize import apply_fsdp
 from titanwarm.models.llama3 import FLAVORS, Transformer
@@ -176,3 +177,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

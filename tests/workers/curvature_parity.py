@@ -33,6 +33,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                parallelize_module)
 
+from titanwarm.cli import exit_after_run
 from titanwarm.curvature import CurvatureTracker
 
 VOCAB, DIM, HEADS, LAYERS, BATCH, SEQ = 16, 8, 2, 2, 4, 8
@@ -212,3 +213,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

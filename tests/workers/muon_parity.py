@@ -21,6 +21,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from titanwarm.cli import exit_after_run
 from titanwarm.config.sections import Optimizer
 from titanwarm.optim import build_optimizer
 
@@ -112,3 +113,4 @@ def one_layout(layout: str) -> dict:
 
 if __name__ == "__main__":
     main()
+    exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
+from titanwarm.cli import exit_after_run
 from titanwarm.config.sections import JobConfig
 from titanwarm.distributed.init import init_distributed
 from titanwarm.distributed.parallel_dims import ParallelDims
@@ -115,3 +116,4 @@ def run_cases(run_case, cases: dict, names: list[str], world_size: int, out: str
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
+    exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

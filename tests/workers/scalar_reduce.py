@@ -6,6 +6,7 @@ import torch.distributed as dist
 
 from titanwarm.checkpoint.config import Fault
 from titanwarm.checkpoint.fault import FaultGuard
+from titanwarm.cli import exit_after_run
 from titanwarm.distributed.utils import all_reduce_max, all_reduce_mean
 
 dist.init_process_group("gloo")
@@ -22,3 +23,4 @@ if rank == 0:
     for key, value in results.items():
         print(f"{key}={value}", flush=True)
 dist.destroy_process_group()
+exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for workers.*
 from workers.parallel_forward import config, full, run_cases  # noqa: E402
 
+from titanwarm.cli import exit_after_run
 from titanwarm.config.sections import Optimizer as OptimizerConfig
 from titanwarm.distributed.init import init_distributed
 from titanwarm.distributed.parallel_dims import ParallelDims
@@ -93,3 +94,4 @@ def main(out: str, names: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
+    exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run

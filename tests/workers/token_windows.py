@@ -8,6 +8,7 @@ import sys
 
 import torch.distributed as dist
 
+from titanwarm.cli import exit_after_run
 from titanwarm.data.token_folder import open_tokens
 from titanwarm.data.window_loader import WindowLoader
 from titanwarm.tokenizers import load_tokenizer
@@ -27,3 +28,4 @@ if rank == 0:
     covered = len(set().union(*sets))
     print(f"{'disjoint' if disjoint else 'OVERLAPPING'} windows: {covered} of {n} covered", flush=True)
 dist.destroy_process_group()
+exit_after_run(0)  # no interpreter teardown: see titanwarm.cli.exit_after_run
