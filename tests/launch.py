@@ -17,16 +17,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Native aborts of gloo workers that are torch's, not the code under test (torch 2.13, CPU):
 # - glibc heap-consistency aborts: the gloo path of DTensor's functional all-gather corrupts the
-#   heap now and then (1 launch in 80 of the TP curvature-parity worker, inside
+#   heap now and then (1 of 80 standalone launches of the TP curvature-parity worker, inside
 #   ``all_gather_single`` during a double backward);
-# - "terminate called without an active exception" at interpreter exit: after one functional
-#   collective on gloo, ``destroy_process_group`` leaves the group's threads (pt_gloo_runloop,
-#   gloo_tcp_loop) running into interpreter teardown (a 2-process script with a single
-#   ``all_gather_tensor`` shows them alive after destroy + gc; without it they are gone).
-# The second failed a local CI run in the TP curvature-parity test (CI stop 28 failed in the same
-# test; its message was not kept); the first hit 1 of 80 standalone launches. Launches of workers that only compute
-# and write a result (no checkpoint a second launch would resume from) pass
-# ``rerun_on_native_abort`` and run once more after one of these, with a warning.
+# - "terminate called without an active exception" at interpreter exit: gloo threads that
+#   ``destroy_process_group`` leaves running (see ``titanwarm.cli.exit_after_run``, which the
+#   workers call to skip that teardown; the rerun stays as a second guard).
+# Launches of workers that only compute and write a result (no checkpoint a second launch would
+# resume from) pass ``rerun_on_native_abort`` and run once more after one of these, with a warning.
 NATIVE_ABORTS = ("malloc(): ", "free(): ", "malloc_consolidate(): ", "corrupted size vs. prev_size",
                  "double free or corruption", "terminate called without an active exception")
 

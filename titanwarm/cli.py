@@ -99,9 +99,9 @@ def exit_after_run(status: int) -> NoReturn:
     streams and log handlers): in torch 2.13 a gloo group that a functional collective (every
     DTensor redistribute) has used keeps its threads running after ``destroy_process_group``, and
     the teardown then aborts a finished run with "terminate called without an active exception"
-    (SIGABRT; once in each of two CPU test suites of ~35 multi-process launches). Everything the
-    run writes is written and closed by then (checkpoints finished, metrics closed). A single
-    process exits normally."""
+    (SIGABRT; in 1–2 two- and four-process launches of each of three CPU test suites).
+    Everything the run writes is written and closed by then (checkpoints finished, metrics
+    closed). A single process exits normally."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
