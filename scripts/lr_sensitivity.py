@@ -92,10 +92,12 @@ def run_dir(out: Path, arm: str, depth: int, beta2: float, lr: float, seed: int)
 
 def make_run(out: Path, python: str, arm: str, depth: int, beta2: float, lr: float, seed: int,
              steps: int, probe_every: int, extra: list[str] = ()) -> Run:
-    """One run: the config, the arm's overrides, the grid point, the data overrides."""
+    """One run: the config, the arm's overrides, the grid point, the data overrides, and a
+    description naming all of them (the run's banner and TensorBoard say which run it is)."""
     folder = run_dir(out, arm, depth, beta2, lr, seed)
+    description = f"instability study: {LABELS[arm]}, L {depth}, beta2 {beta2:g}, LR {fmt(lr)}, seed {seed}"
     cmd = [python, "scripts/instability_probe.py", "--probe-every", str(probe_every), "--",
-           "--config", CONFIG, *ARMS[arm](steps), *DATA_OVERRIDES, *extra,
+           "--config", CONFIG, *ARMS[arm](steps), *DATA_OVERRIDES, *extra, "--job.description", description,
            "--model.flavor", f"depth{depth}", "--optimizer.beta2", repr(beta2), "--optimizer.lr", repr(lr),
            "--job.seed", str(seed), "--training.shuffle_seed", str(seed), "--training.steps", str(steps),
            "--lr_scheduler.warmup_steps", str(max(1, steps // 20)), "--job.dump_folder", relative(folder)]

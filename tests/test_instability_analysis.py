@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
 import edge_of_stability  # noqa: E402
-from lr_sensitivity import LABELS, analyse, arm_legend, sensitivity  # noqa: E402
+from lr_sensitivity import ARMS, LABELS, analyse, arm_legend, make_run, sensitivity  # noqa: E402
 from study_runner import pyplot  # noqa: E402
 
 
@@ -157,3 +157,23 @@ def test_arm_legend_names_each_drawn_arm_once_in_the_arms_order():
     legend = arm_legend(left, [left, right], ["baseline", "qk_norm", "qk_clip"], fontsize=7)
     assert [t.get_text() for t in legend.get_texts()] == [LABELS["baseline"], LABELS["qk_clip"]]
     plt.close(fig)
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_command_is_a_valid_config_named_after_its_arm(arm, monkeypatch):
+    """Each arm's child command loads through train.py's config loader (so a study run cannot stop
+    on a bad key), sets the arm's keys, and its description (the run banner) names the arm and the
+    grid point rather than the base config's "(baseline)"."""
+    from titanwarm.config.loader import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    run = make_run(root / "outputs" / "never_made", sys.executable, arm, 16, 0.95, 1.0, 2, 1000, 5)
+    cfg, _ = load_config(run.command[run.command.index("--") + 1:])
+    assert cfg.job.description == f"instability study: {LABELS[arm]}, L 16, beta2 0.95, LR 1, seed 2"
+    assert (cfg.model.flavor, cfg.optimizer.lr, cfg.job.seed, cfg.training.shuffle_seed) == ("depth16", 1.0, 2, 2)
+    assert cfg.stabilizers.qk_norm == arm.endswith("qk_norm")
+    assert cfg.stabilizers.qk_clip == (arm == "qk_clip")
+    assert (cfg.stabilizers.attn_softcap > 0) == (arm == "softcap")
+    assert cfg.depth_schedule.enabled == arm.startswith("archwarm")
+    assert not (root / "outputs" / "never_made").exists()
