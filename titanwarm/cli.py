@@ -99,7 +99,9 @@ def exit_after_run(status: int) -> NoReturn:
     streams and log handlers): in torch 2.13 a gloo group that a functional collective (every
     DTensor redistribute) has used keeps its threads running after ``destroy_process_group``, and
     the teardown then aborts a finished run with "terminate called without an active exception"
-    (SIGABRT; in 1–2 two- and four-process launches of each of three CPU test suites).
+    (SIGABRT; in 1–2 two- and four-process launches of each of three CPU test suites). The same
+    class of abort (gloo worker threads outliving the interpreter) is pytorch/pytorch#190489, and
+    an upstream fix was attempted and abandoned in pytorch/pytorch#179291.
     Everything the run writes is written and closed by then (checkpoints finished, metrics
     closed). A single process exits normally."""
     sys.stdout.flush()
