@@ -6,7 +6,11 @@ no weight decay, no clipping, 20 LR warm-up steps then a constant LR, lambda_max
 step by the warm-started tracker) x depth (flavors w64_depth4/8/16, d=64) x beta2 x peak LR. Each
 run also gets a *cold* high-precision check every ``--cold-every`` steps: a fresh random start and
 ``--cold-hvps`` Lanczos HVPs (``scripts/instability_probe.py``; logged as ``cold_lambda_max``), to
-see whether the few-HVP warm estimate follows the truth.
+see whether the few-HVP warm estimate follows the truth (the cold solve always uses exact autograd
+HVPs). The warm tracker uses the config's finite-difference HVPs (two gradient passes each);
+``--hvp autograd`` reruns a grid point with exact double-backward HVPs for the warm tracker too, into
+``outputs/eos_autograd/`` and ``instability_eos_ratio_autograd.png`` (training is unchanged: the
+tracker does not touch the update).
 
 **Adam's bias correction.** The update is lr * m_hat / (sqrt(v_hat) + eps) with
 m_hat = m / (1 - beta1^t): early on the momentum buffer is scaled up by 1 / (1 - beta1^t), so the
@@ -19,6 +23,7 @@ with a run.json is skipped, so the script is resumable. Usage:
 
     .venv/bin/python scripts/edge_of_stability.py --jobs 2 --nice 15         # run the grid, then report
     .venv/bin/python scripts/edge_of_stability.py --report-only               # tables + plots
+    .venv/bin/python scripts/edge_of_stability.py --hvp autograd --depths 4 --lrs 1e-3 # exact warm HVPs
     .venv/bin/python scripts/edge_of_stability.py --depths 4 --beta2s 0.999 --lrs 1e-2 --steps 20 \\
         --out /tmp/eos_probe                                                  # a timing probe
 
@@ -45,6 +50,8 @@ LRS = [1e-3, 3e-3, 1e-2, 3e-2]
 STEPS = 500
 BETA1 = 0.9
 WARMUP = 20
+HVPS = ("finite_difference", "autograd")
+"""The warm tracker's HVP (``[curvature] hvp``); the first is the config's."""
 THRESHOLD = (2 + 2 * BETA1) / (1 - BETA1)
 
 
@@ -57,12 +64,12 @@ def run_dir(out: Path, depth: int, beta2: float, lr: float) -> Path:
 
 
 def child_command(python: str, depth: int, beta2: float, lr: float, steps: int, folder: Path,
-                  cold_every: int, cold_hvps: int) -> list[str]:
+                  cold_every: int, cold_hvps: int, hvp: str = HVPS[0]) -> list[str]:
     return [python, "scripts/instability_probe.py", "--cold-every", str(cold_every),
             "--cold-hvps", str(cold_hvps), "--", "--config", CONFIG,
             "--model.flavor", f"w64_depth{depth}", "--optimizer.beta2", repr(beta2),
             "--optimizer.lr", repr(lr), "--training.steps", str(steps),
-            "--job.dump_folder", relative(folder)]
+            "--job.dump_folder", relative(folder)] + (["--curvature.hvp", hvp] if hvp != HVPS[0] else [])
 
 
 # ---------------------------------------------------------------------------------- analysis
@@ -126,7 +133,7 @@ def table(results: dict) -> list[str]:
 
 
 def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float], path: Path,
-         what: str) -> None:
+         what: str, hvp: str = HVPS[0]) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(len(beta2s), len(depths), figsize=(5 * len(depths), 3.8 * len(beta2s)),
                              squeeze=False, sharey=True)
@@ -162,8 +169,9 @@ def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float]
                 ax.legend(fontsize=7)
             else:
                 ax.text(0.5, 0.5, "not run yet", transform=ax.transAxes, ha="center")
-    fig.suptitle("Full-batch Adam, d=64: " + ("lr·λmax(G)/38 (lines: warm-started tracker every step; "
-                                               "circles: cold high-precision Lanczos)" if what == "ratio"
+    fig.suptitle("Full-batch Adam, d=64: " + (f"lr·λmax(G)/38 (lines: warm-started tracker every step, "
+                                               f"{hvp.replace('_', '-')} HVPs; circles: cold "
+                                               "high-precision Lanczos, autograd HVPs)" if what == "ratio"
                                                else "training loss on the fixed batch"))
     save_figure(fig, path)
 
@@ -178,18 +186,23 @@ def main() -> int:
     p.add_argument("--cold-hvps", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (each single-threaded)")
     p.add_argument("--nice", type=int, default=0, help="run the children under nice -n N")
-    p.add_argument("--out", default=str(ROOT / "outputs" / "eos"))
+    p.add_argument("--hvp", choices=HVPS, default=HVPS[0],
+                   help="the warm tracker's HVP; autograd runs go to outputs/eos_autograd by default")
+    p.add_argument("--out", default=None, help="run folder (default outputs/eos or outputs/eos_autograd)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--python", default=sys.executable)
     args = p.parse_args()
-    out = Path(args.out)
+    exact = args.hvp != HVPS[0]
+    out = Path(args.out) if args.out else ROOT / "outputs" / ("eos_autograd" if exact else "eos")
     grid = [(d, b, lr) for b in args.beta2s for d in args.depths for lr in args.lrs]
     if not args.report_only:
         # shallow and low-LR runs first: the cheapest complete picture arrives earliest
+        # (the metadata names the HVP only when it is not the config's, so older runs stay reusable)
         runs = [Run(run_dir(out, d, b, lr),
                     child_command(args.python, d, b, lr, args.steps, run_dir(out, d, b, lr),
-                                  args.cold_every, args.cold_hvps),
-                    {"depth": d, "beta2": b, "lr": lr, "steps": args.steps})
+                                  args.cold_every, args.cold_hvps, args.hvp),
+                    {"depth": d, "beta2": b, "lr": lr, "steps": args.steps}
+                    | ({"hvp": args.hvp} if exact else {}))
                 for d, b, lr in sorted(grid, key=lambda x: (x[0], -x[1], x[2]))]
         run_pending(runs, args.jobs, args.nice)
     results = {k: r for k in grid if (r := analyse(run_dir(out, *k))) is not None}
@@ -197,8 +210,11 @@ def main() -> int:
         print("no finished runs", file=sys.stderr)
         return 1
     outdir = ROOT / "docs" / "results"
-    plot(results, args.depths, args.beta2s, args.lrs, outdir / "instability_eos_ratio.png", "ratio")
-    plot(results, args.depths, args.beta2s, args.lrs, outdir / "instability_eos_loss.png", "loss")
+    suffix = "_autograd" if exact else ""
+    plot(results, args.depths, args.beta2s, args.lrs, outdir / f"instability_eos_ratio{suffix}.png", "ratio",
+         args.hvp)
+    if not exact:  # the training (and so the loss) is the same whichever HVP the tracker uses
+        plot(results, args.depths, args.beta2s, args.lrs, outdir / "instability_eos_loss.png", "loss", args.hvp)
     print("\n".join(table(results)))
     return 0
 

@@ -177,3 +177,21 @@ def test_every_arm_command_is_a_valid_config_named_after_its_arm(arm, monkeypatc
     assert (cfg.stabilizers.attn_softcap > 0) == (arm == "softcap")
     assert cfg.depth_schedule.enabled == arm.startswith("archwarm")
     assert not (root / "outputs" / "never_made").exists()
+
+
+@pytest.mark.parametrize("hvp", edge_of_stability.HVPS)
+def test_edge_of_stability_command_is_a_valid_config_with_the_asked_hvp(hvp, monkeypatch):
+    """Experiment 1's child command loads through train.py's config loader and its warm tracker
+    uses the asked HVP (the config's finite differences unless ``--hvp autograd``)."""
+    from titanwarm.config.loader import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    command = edge_of_stability.child_command(sys.executable, 8, 0.999, 1e-3, 300,
+                                              root / "outputs" / "never_made", 50, 12, hvp)
+    cfg, _ = load_config(command[command.index("--") + 1:])
+    assert (cfg.model.flavor, cfg.optimizer.beta2, cfg.optimizer.lr, cfg.training.steps) == \
+        ("w64_depth8", 0.999, 1e-3, 300)
+    assert cfg.curvature.hvp == hvp
+    assert command[command.index("--cold-every") + 1] == "50"
+    assert not (root / "outputs" / "never_made").exists()
