@@ -37,6 +37,7 @@ import argparse
 import math
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -169,10 +170,11 @@ def plot(results: dict, depths: list[int], beta2s: list[float], lrs: list[float]
                 ax.legend(fontsize=7)
             else:
                 ax.text(0.5, 0.5, "not run yet", transform=ax.transAxes, ha="center")
-    fig.suptitle("Full-batch Adam, d=64: " + (f"lr·λmax(G)/38 (lines: warm-started tracker every step, "
-                                               f"{hvp.replace('_', '-')} HVPs; circles: cold "
-                                               "high-precision Lanczos, autograd HVPs)" if what == "ratio"
-                                               else "training loss on the fixed batch"))
+    title = "Full-batch Adam, d=64: " + (f"lr·λmax(G)/38 (lines: warm-started tracker every step, "
+                                          f"{hvp.replace('_', '-')} HVPs; circles: cold high-precision "
+                                          "Lanczos, autograd HVPs)" if what == "ratio"
+                                          else "training loss on the fixed batch")
+    fig.suptitle("\n".join(textwrap.wrap(title, 60 * len(depths))))  # one line per ~5 inches of figure
     save_figure(fig, path)
 
 
