@@ -73,6 +73,18 @@ def child_command(python: str, depth: int, beta2: float, lr: float, steps: int, 
             "--job.dump_folder", relative(folder)] + (["--curvature.hvp", hvp] if hvp != HVPS[0] else [])
 
 
+def grid_runs(python: str, grid: list[tuple[int, float, float]], out: Path, steps: int, cold_every: int,
+              cold_hvps: int, hvp: str = HVPS[0]) -> list[Run]:
+    """The grid's runs, shallow and low-LR first (the cheapest complete picture arrives earliest).
+    The metadata's ``hvp`` is None for the config's HVP: runs made before ``--hvp`` existed have no
+    such key (read as None), so they still match and are reused, while an autograd run is never
+    taken for a finite-difference one, or the other way round."""
+    return [Run(run_dir(out, d, b, lr),
+                child_command(python, d, b, lr, steps, run_dir(out, d, b, lr), cold_every, cold_hvps, hvp),
+                {"depth": d, "beta2": b, "lr": lr, "steps": steps, "hvp": hvp if hvp != HVPS[0] else None})
+            for d, b, lr in sorted(grid, key=lambda x: (x[0], -x[1], x[2]))]
+
+
 # ---------------------------------------------------------------------------------- analysis
 def analyse(folder: Path) -> dict | None:
     import json
@@ -198,15 +210,8 @@ def main() -> int:
     out = Path(args.out) if args.out else ROOT / "outputs" / ("eos_autograd" if exact else "eos")
     grid = [(d, b, lr) for b in args.beta2s for d in args.depths for lr in args.lrs]
     if not args.report_only:
-        # shallow and low-LR runs first: the cheapest complete picture arrives earliest
-        # (the metadata names the HVP only when it is not the config's, so older runs stay reusable)
-        runs = [Run(run_dir(out, d, b, lr),
-                    child_command(args.python, d, b, lr, args.steps, run_dir(out, d, b, lr),
-                                  args.cold_every, args.cold_hvps, args.hvp),
-                    {"depth": d, "beta2": b, "lr": lr, "steps": args.steps}
-                    | ({"hvp": args.hvp} if exact else {}))
-                for d, b, lr in sorted(grid, key=lambda x: (x[0], -x[1], x[2]))]
-        run_pending(runs, args.jobs, args.nice)
+        run_pending(grid_runs(args.python, grid, out, args.steps, args.cold_every, args.cold_hvps, args.hvp),
+                    args.jobs, args.nice)
     results = {k: r for k in grid if (r := analyse(run_dir(out, *k))) is not None}
     if not results:
         print("no finished runs", file=sys.stderr)
@@ -216,7 +221,7 @@ def main() -> int:
     plot(results, args.depths, args.beta2s, args.lrs, outdir / f"instability_eos_ratio{suffix}.png", "ratio",
          args.hvp)
     if not exact:  # the training (and so the loss) is the same whichever HVP the tracker uses
-        plot(results, args.depths, args.beta2s, args.lrs, outdir / "instability_eos_loss.png", "loss", args.hvp)
+        plot(results, args.depths, args.beta2s, args.lrs, outdir / "instability_eos_loss.png", "loss")
     print("\n".join(table(results)))
     return 0
 

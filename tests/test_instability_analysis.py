@@ -195,3 +195,16 @@ def test_edge_of_stability_command_is_a_valid_config_with_the_asked_hvp(hvp, mon
     assert cfg.curvature.hvp == hvp
     assert command[command.index("--cold-every") + 1] == "50"
     assert not (root / "outputs" / "never_made").exists()
+
+
+@pytest.mark.parametrize("hvp, folder", [("finite_difference", "eos"), ("autograd", "eos_autograd")])
+def test_edge_of_stability_grid_matches_the_committed_runs_of_its_hvp(hvp, folder):
+    """The grid's run metadata equals that of the committed runs made with the same HVP (so a rerun
+    of the study reuses them; the finite-difference runs predate ``--hvp``), and differs from the
+    other HVP's (so a run made with one HVP is never taken for the other)."""
+    root = Path(__file__).resolve().parent.parent
+    runs = edge_of_stability.grid_runs(sys.executable, [(4, 0.95, 1e-3)], Path("/never_made"), 500, 50, 12, hvp)
+    assert [r.folder.name for r in runs] == ["L4_b20.95_lr1e-3"]
+    for name, same in [(folder, True), ({"eos": "eos_autograd", "eos_autograd": "eos"}[folder], False)]:
+        stored = json.loads((root / "docs/results/runs" / name / "L4_b20.95_lr1e-3/run.json").read_text())
+        assert all(stored.get(k) == v for k, v in runs[0].meta.items()) == same
