@@ -428,11 +428,42 @@ def test_state_dict_round_trip() -> None:
 def test_config_problems() -> None:
     assert Curvature().problems(None) == []
     for key, bad in [("method", "arnoldi"), ("hvp", "jvp"), ("batch", "val"), ("interval", 0),
-                     ("max_hvps", 0)]:
+                     ("max_hvps", 0), ("fd_eps", 0.0)]:
         assert [k for k, _ in Curvature(**{key: bad}).problems(None)] == [key]
     with pytest.raises(ValueError):
         CurvatureTracker(nn.Linear(2, 2), torch.optim.Adam(nn.Linear(2, 2).parameters()),
                          method="arnoldi")
+
+
+def test_every_tracker_key_reaches_the_trainers_tracker(tmp_path) -> None:
+    """Each ``[curvature]`` key that sets a ``CurvatureTracker`` argument arrives there from TOML
+    (fd_eps / fd_relative were constructor-only before): two configs that, between them, move
+    every such key off its default. A bad fd_eps stops the load naming the file and key."""
+    from titanwarm.config import ConfigError, load_config
+    from titanwarm.trainer import Trainer
+
+    bodies = ['hvp = "finite_difference"\nfd_eps = 3e-5\nfd_relative = false\nmethod = "power"\n'
+              'max_hvps = 3\ntol = 0.01\ntrack_h = true\nwarm_start = false\n'
+              'min_param_steps = 2\nmin_v_hat_ratio = 1e-3\n',
+              'hvp = "autograd"\npreconditioned = false\n']
+    default, moved = Curvature().tracker_kwargs(), set()
+    path = tmp_path / "run.toml"
+    for i, body in enumerate(bodies):
+        path.write_text("[curvature]\nenabled = true\n" + body)
+        cfg, _ = load_config(["--config", str(path), "--model.flavor", "tinymodel",
+                              "--training.seq_len", "16", "--training.local_batch_size", "2",
+                              "--training.device", "cpu", "--validation.enable", "false",
+                              "--metrics.enable_tensorboard", "false", "--metrics.console", "false",
+                              "--job.dump_folder", str(tmp_path / str(i))])
+        tracker = Trainer(cfg).curvature.tracker
+        for key, value in cfg.curvature.tracker_kwargs().items():
+            assert getattr(tracker, key) == value, key
+            moved |= {key} if value != default[key] else set()
+    assert moved == set(default)
+    path.write_text("[curvature]\nfd_eps = -1e-4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(["--config", str(path)])
+    assert (info.value.source, info.value.key) == (str(path), "curvature.fd_eps")
 
 
 def test_power_reports_the_largest_rayleigh_quotient_seen() -> None:

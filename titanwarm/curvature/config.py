@@ -33,6 +33,12 @@ class Curvature:
     when blocks are compiled), "finite_difference" (central difference of two gradients; refused
     with 16-bit compute) or "auto" (autograd; finite differences if that fails, except in 16-bit
     compute or after an out-of-memory error, where the measurement is skipped)."""
+    fd_eps: float = 1e-4
+    """Finite-difference step: ε = fd_eps·||θ|| over the tracked parameters (fd_relative = true)
+    or ε = fd_eps. Read only when finite differences run (hvp = "finite_difference", or "auto"
+    after a fallback); scripts/bench_fd_accuracy.py prints the error against autograd per ε."""
+    fd_relative: bool = True
+    """Scale fd_eps by ||θ|| (true) or use it as the absolute step (false)."""
     batch: str = "train"
     """Batch the curvature is measured on: "train" (the current training batch) or "fixed" (one
     tracking batch drawn once at the start)."""
@@ -65,6 +71,7 @@ class Curvature:
             ("method", self.method in ("power", "lanczos"), '"power" or "lanczos"'),
             ("max_hvps", self.max_hvps >= 1, "an integer >= 1"),
             ("tol", self.tol >= 0, "a number >= 0"),
+            ("fd_eps", self.fd_eps > 0, "a number > 0"),
             ("hvp", self.hvp in ("auto", "autograd", "finite_difference"),
              '"auto", "autograd" or "finite_difference"'),
             ("batch", self.batch in ("train", "fixed"), '"train" or "fixed"'),
@@ -87,6 +94,13 @@ class Curvature:
                 found.append(("hvp", f'"finite_difference" with {compute} compute measures '
                                      'rounding noise; use "autograd"/"auto" or dtype = "float32"'))
         return found
+
+    def tracker_kwargs(self) -> dict:
+        """The ``CurvatureTracker`` arguments this section sets (the caller adds the model,
+        optimizer, seed and dtype)."""
+        keys = ("method", "max_hvps", "tol", "preconditioned", "warm_start", "hvp", "track_h",
+                "fd_eps", "fd_relative", "min_param_steps", "min_v_hat_ratio")
+        return {k: getattr(self, k) for k in keys}
 
     def hvp_dtype(self, cfg) -> torch.dtype:
         """The compute dtype of the tracker's passes for this job."""

@@ -32,12 +32,9 @@ class CurvatureHook:
         self.interval = c.interval
         self.batch_size = c.batch_size
         self.dtype = c.hvp_dtype(trainer.cfg)
-        self.tracker = CurvatureTracker(trainer.model_parts, trainer.optimizer, method=c.method,
-                                        max_hvps=c.max_hvps, tol=c.tol, preconditioned=c.preconditioned,
-                                        warm_start=c.warm_start, hvp=c.hvp, track_h=c.track_h,
+        self.tracker = CurvatureTracker(trainer.model_parts, trainer.optimizer,
                                         seed=trainer.cfg.job.seed, dtype=self.dtype,
-                                        min_param_steps=c.min_param_steps,
-                                        min_v_hat_ratio=c.min_v_hat_ratio)
+                                        **c.tracker_kwargs())
         # "fixed": the first held-out batch, the same at every tracked step (and on resume).
         self.fixed_batch = next(iter(trainer.val_loader.batches(1))) if c.batch == "fixed" else None
         trainer.add_hook("after_optimizer_step", self)

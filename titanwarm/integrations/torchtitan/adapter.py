@@ -77,10 +77,8 @@ def check_config(ds: DepthSchedule, cv: Curvature, n_layers: int, warmup_steps: 
 def build_tracker(model_parts: list[nn.Module], optimizers: Any, cv: Curvature,
                   seed: int) -> CurvatureTracker:
     """titanwarm's tracker per ``[curvature]``, reading the container's inner optimizers."""
-    return CurvatureTracker(model_parts, OptimizerView(optimizers), method=cv.method,
-                            max_hvps=cv.max_hvps, tol=cv.tol, preconditioned=cv.preconditioned,
-                            warm_start=cv.warm_start, hvp=cv.hvp, track_h=cv.track_h, seed=seed,
-                            min_param_steps=cv.min_param_steps, min_v_hat_ratio=cv.min_v_hat_ratio)
+    return CurvatureTracker(model_parts, OptimizerView(optimizers), seed=seed,
+                            **cv.tracker_kwargs())
 
 
 class TitanwarmAdapter:
