@@ -458,7 +458,8 @@ def test_every_tracker_key_reaches_the_trainers_tracker(tmp_path) -> None:
         tracker = Trainer(cfg).curvature.tracker
         for key, value in cfg.curvature.tracker_kwargs().items():
             assert getattr(tracker, key) == value, key
-            moved |= {key} if value != default[key] else set()
+            if value != default[key]:
+                moved.add(key)
     assert moved == set(default)
     path.write_text("[curvature]\nfd_eps = -1e-4\n")
     with pytest.raises(ConfigError) as info:

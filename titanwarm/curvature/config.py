@@ -97,7 +97,7 @@ class Curvature:
 
     def tracker_kwargs(self) -> dict:
         """The ``CurvatureTracker`` arguments this section sets (the caller adds the model,
-        optimizer, seed and dtype)."""
+        optimizer, seed and, from ``hvp_dtype``, the pass dtype)."""
         keys = ("method", "max_hvps", "tol", "preconditioned", "warm_start", "hvp", "track_h",
                 "fd_eps", "fd_relative", "min_param_steps", "min_v_hat_ratio")
         return {k: getattr(self, k) for k in keys}
