@@ -2,7 +2,7 @@
 
 What the adapter adds to every training step when it is not tracking and not unlocking:
 
-- ``post_dataloading_process``: keeping the micro-batch for the tracker (one ``labels != -100`` sum);
+- ``post_dataloading_process``: keeping the micro-batch for the tracker, cut to ``batch_size`` 1 of 2;
 - the optimizer step post-hook (count the step, check the curvature interval and the schedule);
 - ``layers.values()`` of the skipping ``ModuleDict`` (one flag read per block);
 - the metrics: ``pop_metrics`` merged into ``MetricsProcessor.log``'s ``extra_metrics``.
@@ -56,7 +56,7 @@ def configs(dump: str):
     plain.dump_folder = dump
     warm = with_titanwarm(sdpa_debugmodel(steps=10_000),
                           DepthSchedule(enabled=True, unlocks=[{"step": 9_000, "layers": [5]}]),
-                          Curvature(enabled=True, interval=9_999, hvp="autograd"))
+                          Curvature(enabled=True, interval=9_999, hvp="autograd", batch_size=1))
     warm.dump_folder = dump
     return plain, warm
 

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from titanwarm.checkpoint.fault import TooManySkipsError  # noqa: E402
 from titanwarm.config.loader import load_config  # noqa: E402
 from titanwarm.curvature import CurvatureTracker  # noqa: E402
-from titanwarm.curvature.hvp import sub_batch  # noqa: E402
+from titanwarm.curvature.sub_batch import sub_batch  # noqa: E402
 from titanwarm.trainer import Trainer  # noqa: E402
 
 

@@ -481,10 +481,45 @@ def test_power_reports_the_largest_rayleigh_quotient_seen() -> None:
     assert float(second @ (diag * second)) < 0  # the last iterate's quotient is negative
 
 
+def test_sub_batch_cuts_every_per_sequence_part() -> None:
+    """[curvature] batch_size on torchtitan's batch forms: per-sequence tensors and flex
+    BlockMasks are cut inside tuples/lists/dicts, broadcast parts and non-tensors are kept, packed
+    (named-tuple) metadata is refused."""
+    from typing import NamedTuple
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from titanwarm.curvature.sub_batch import UncuttableBatch, sub_batch
+
+    tokens, labels = torch.arange(24).view(4, 6), torch.arange(24).view(4, 6) + 100
+    broadcast = torch.arange(6).view(1, 6)
+    table = torch.randn(6, 2)  # not per sequence (leading dim is not the batch's)
+    mask = create_block_mask(lambda b, h, q, k: q >= k, 4, None, 128, 128, device="cpu")
+    shared = create_block_mask(lambda b, h, q, k: q >= k, None, None, 128, 128, device="cpu")
+    form = ((tokens,), {"attention_masks": mask, "shared": shared, "positions": broadcast,
+                        "table": table, "flag": None, "n": 3}, [labels])
+    args, kwargs, rest = sub_batch(form, 2)
+    assert torch.equal(args[0], tokens[:2]) and torch.equal(rest[0], labels[:2])
+    assert isinstance(rest, list) and isinstance(args, tuple)
+    assert kwargs["attention_masks"].kv_num_blocks.shape[0] == 2
+    assert torch.equal(kwargs["attention_masks"].kv_num_blocks, mask.kv_num_blocks[:2])
+    assert kwargs["shared"] is shared and kwargs["positions"] is broadcast
+    assert kwargs["table"] is table and kwargs["flag"] is None and kwargs["n"] == 3
+    assert sub_batch(form, 0) is form and sub_batch(form, 4) is form and sub_batch(form, 9) is form
+    assert torch.equal(sub_batch(tokens, 1), tokens[:1])
+
+    class Packed(NamedTuple):
+        cu_seq: torch.Tensor
+        max_len: int
+
+    with pytest.raises(UncuttableBatch, match="Packed cannot be cut"):
+        sub_batch((tokens, {"attention_masks": Packed(torch.tensor([0, 6, 12, 18, 24]), 6)}), 2)
+
+
 def test_sub_batch_hvp_is_the_sub_batch_loss_hvp() -> None:
     """[curvature] batch_size: the HVP on the first k sequences is the Hessian of their mean loss
     (dense reference) times x, not the full batch's."""
-    from titanwarm.curvature.hvp import sub_batch
+    from titanwarm.curvature.sub_batch import sub_batch
 
     model, batch = make_model()
     module = LossModule([model])

@@ -39,7 +39,7 @@ def tiny_archwarm() -> TitanwarmTrainer.Config:
         sdpa_debugmodel(),
         DepthSchedule(enabled=True, unlocks=[{"step": 2, "layers": [4, 5]}], unlock_init="noise",
                       noise_std=1e-3),
-        Curvature(enabled=True, interval=3, max_hvps=4, hvp="autograd"))
+        Curvature(enabled=True, interval=3, max_hvps=4, hvp="autograd", batch_size=1))
 
 
 def parse(tmp_path, *overrides):
@@ -91,6 +91,12 @@ def test_recipes_parse_and_reject(capsys):
             in refused(capsys, "--config", "llama3_debug_archwarm", "--curvature.hvp", "autograd"))
     assert ("titanwarm: depth_schedule with CUDA graphs: a graph freezes which blocks run"
             in refused(capsys, "--config", "llama3_3b_archwarm", "--training.no-disable-cuda-graphs"))
+    # finite differences in the training compute (dtype = "param") with bf16 FSDP: refused at
+    # config time (the tracker would raise at its first tracked step); float32 passes are fine
+    fd = ["--config", "llama3_debug_archwarm", "--curvature.hvp", "finite_difference"]
+    assert ('titanwarm: curvature.hvp: "finite_difference" with torch.bfloat16 compute measures '
+            'rounding noise' in refused(capsys, *fd, "--curvature.dtype", "param"))
+    assert ConfigManager().parse_args(["--module", RECIPES, *fd]).curvature.dtype == "float32"
     base = sdpa_debugmodel()
     base.parallelism.pipeline_parallel_degree = 2
     with pytest.raises(ValueError, match="does not support pipeline parallelism"):
@@ -149,12 +155,16 @@ def test_torchtitan03_adapter(tmp_path, process_group):
     est = adapter.last_estimate
     assert est is not None and est.preconditioned and est.hvps == 4 and est.lr == lr3
     assert any(".layers.5." in n for n in adapter.tracker.tracked()[0])
+    assert trainer.ntokens_seen == 3 * B * T  # the tracker's batch is not counted as training data
+    assert adapter.tracker.dtype == torch.float32  # [curvature] dtype = "float32" (the default)
 
-    # A fresh tracker on the same weights, Adam state and batch, with torchtitan's own loss
-    # normalisation as train_step applies it: sum loss / the batch's valid-token count.
+    # A fresh tracker on the same weights, Adam state and batch cut to its first sequence
+    # ([curvature] batch_size = 1), with torchtitan's own loss normalisation as train_step
+    # applies it: sum loss / the cut batch's valid-token count.
     ref = CurvatureTracker(model, inner, method=adapter.tracker.method, max_hvps=4, hvp="autograd", seed=7)
     ce = trainer.loss_fn.loss_fn  # the CrossEntropyLoss inside the recipe's ChunkedLossWrapper
     inputs3, labels3 = batch(3)
+    inputs3, labels3 = {k: v[:1] for k, v in inputs3.items()}, labels3[:1]
 
     def ref_loss(parts, b):
         ids, positions, y = b

@@ -10,6 +10,7 @@ assumes a GPU and is not built.
 
 import copy
 import importlib
+import logging
 import os
 
 import pytest
@@ -23,6 +24,7 @@ require_glue("train_spec", "pip install '.[torchtitan]': torchtitan 0.2.2 + trit
 from torchtitan.components.checkpoint import CheckpointManager  # noqa: E402
 from torchtitan.config import ConfigManager  # noqa: E402
 from torchtitan.distributed import ParallelDims  # noqa: E402
+from torchtitan.models.attention import VarlenMetadata  # noqa: E402
 from torchtitan.protocols.train_spec import get_train_spec  # noqa: E402
 
 from titanwarm.curvature import CurvatureTracker  # noqa: E402
@@ -63,6 +65,8 @@ enabled = true
 interval = 3
 max_hvps = 4
 hvp = "autograd"
+batch_size = 1
+dtype = "param"
 """
 
 B, T, VOCAB = 2, 32, 2048
@@ -129,7 +133,7 @@ def process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
+def test_torchtitan_adapter(tmp_path, process_group, monkeypatch, caplog):
     import torchtitan.components.metrics as tt_metrics
     monkeypatch.setattr(tt_metrics, "build_device_memory_monitor", CPUMemoryMonitor)
     torch.manual_seed(0)
@@ -176,14 +180,16 @@ def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
     tracked_names, _ = adapter.tracker.tracked()
     assert any(".layers.5." in n for n in tracked_names)
 
-    # titanwarm's own tracker on the same weights, optimizer state and batch.
+    # titanwarm's own tracker on the same weights, optimizer state and batch cut to its first
+    # sequence ([curvature] batch_size = 1), in the training dtype (dtype = "param": no override).
+    assert adapter.tracker.dtype is None
     ref = CurvatureTracker(model, optimizers.optimizers[0], method=adapter.tracker.method, max_hvps=4,
                            hvp="autograd", seed=7)
     def ref_loss(parts, b):
         x, y = b
         return loss_fn(parts[0](x), y) / y.numel()
     with math_attention([model]):  # torchtitan's fused CPU attention has no double backward
-        ref_est = ref.step(ref_loss, batch(3))
+        ref_est = ref.step(ref_loss, tuple(t[:1] for t in batch(3)))
     assert ref_est.lambda_max == pytest.approx(est.lambda_max, rel=1e-6)
     assert ref_est.hvps == est.hvps
     assert est.lr == lr3  # the hook runs before the LR scheduler steps: the LR step 3 used
@@ -225,3 +231,17 @@ def test_torchtitan_adapter(tmp_path, process_group, monkeypatch):
     train_step(4, model2, loss_fn2, optimizers2, schedulers2, metrics2)
     for n, p in model2.named_parameters():
         assert torch.equal(p, expected[n]), n
+
+    # A micro-batch with packed varlen metadata cannot be cut to batch_size: kept whole, one warning.
+    inputs, labels = batch(5)
+    cu = torch.arange(0, B * T + 1, T, dtype=torch.int32)
+    packed = ((inputs,), {"attention_masks": VarlenMetadata(cu, cu, T, T)}, labels)
+    adapter2.batch = None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="titanwarm.integrations.torchtitan.adapter"):
+        adapter2.record_batch(packed)
+        adapter2.record_batch(packed)
+    assert adapter2.batch is packed
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("titanwarm")] == [
+        "curvature.batch_size = 1: a VarlenMetadata cannot be cut to the batch's first 1 sequences; "
+        "measuring on the whole micro-batch"]

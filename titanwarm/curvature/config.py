@@ -64,8 +64,10 @@ class Curvature:
     RMS sqrt(v_hat) (e.g. 1e-3 leaves out embedding rows of tokens Adam has not seen for many
     beta2-lifetimes, where P ~ eps); 0 keeps every coordinate. Needs preconditioned = true."""
 
-    def problems(self, cfg) -> list[tuple[str, str]]:
-        """Load-time checks: (key, why) for every bad value."""
+    def problems(self, cfg, compute: torch.dtype | None = None) -> list[tuple[str, str]]:
+        """Load-time checks: (key, why) for every bad value. ``compute``: the training compute
+        dtype (default: resolved from ``cfg``'s ``[training]``; a caller without a titanwarm
+        config, the torchtitan adapter, passes it)."""
         checks = [
             ("interval", self.interval >= 1, "an integer >= 1"),
             ("method", self.method in ("power", "lanczos"), '"power" or "lanczos"'),
@@ -86,10 +88,8 @@ class Curvature:
             found.append(("min_v_hat_ratio", "restricts Adam's preconditioned Hessian G; it needs "
                                              "preconditioned = true (or min_v_hat_ratio = 0)"))
         if self.enabled and self.hvp == "finite_difference" and self.dtype == "param":
-            from titanwarm.distributed.init import resolve_device, resolve_param_dtype
-
-            compute = resolve_param_dtype(cfg.training.mixed_precision_param,
-                                          resolve_device(cfg.training.device))
+            if compute is None and cfg is not None:
+                compute = self.hvp_dtype(cfg)
             if compute in (torch.bfloat16, torch.float16):
                 found.append(("hvp", f'"finite_difference" with {compute} compute measures '
                                      'rounding noise; use "autograd"/"auto" or dtype = "float32"'))

@@ -64,17 +64,6 @@ class LossModule(nn.Module):
         return loss_fn(list(self.parts), batch)
 
 
-def sub_batch(batch: Any, size: int) -> Any:
-    """The first ``size`` sequences of every tensor in ``batch`` (a tensor or a tuple/list of
-    them); ``size`` 0 or at least the batch: ``batch`` itself. The ``[curvature] batch_size``
-    sub-batch: its HVP is the HVP of this sub-batch's mean loss."""
-    if size <= 0:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch[:size]
-    return type(batch)(t[:size] for t in batch)
-
-
 def locked_param_ids(parts: Sequence[nn.Module]) -> set[int]:
     """Parameters of modules the forward leaves out (``skip = True``: locked blocks)."""
     return {id(p) for part in parts for m in part.modules() if getattr(m, "skip", False) is True

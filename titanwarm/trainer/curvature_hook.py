@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from titanwarm.curvature import CurvatureTracker
-from titanwarm.curvature.hvp import sub_batch
+from titanwarm.curvature.sub_batch import sub_batch
 from titanwarm.distributed.parallelize import loss_context
 
 if TYPE_CHECKING:

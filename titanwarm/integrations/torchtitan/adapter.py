@@ -41,6 +41,7 @@ from titanwarm.archwarm.locks import BlockLocks, block_weights, unwrap
 from titanwarm.archwarm.schedule import UnlockPlan, resolve_schedule
 from titanwarm.archwarm.unlock_init import OUTPUT_PROJECTIONS, init_unlocked
 from titanwarm.curvature import Curvature, CurvatureEstimate, CurvatureTracker
+from titanwarm.curvature.sub_batch import UncuttableBatch, sub_batch
 from titanwarm.integrations.torchtitan.attention import math_attention
 from titanwarm.integrations.torchtitan.optimizer_state import OptimizerView, patch_container_state
 from titanwarm.integrations.torchtitan.skipping import install_skipping
@@ -53,9 +54,12 @@ TrackerLoss = Callable[[list[nn.Module], Any], torch.Tensor]
 
 
 def check_config(ds: DepthSchedule, cv: Curvature, n_layers: int, warmup_steps: int,
-                 training_steps: int | None) -> UnlockPlan:
-    """Reject what the adapter does not support; resolve the schedule (raises ValueError)."""
-    bad = [f"curvature.{k}: {why}" for k, why in cv.problems(None)] if cv.enabled else []
+                 training_steps: int | None, mixed_precision_param: str = "float32") -> UnlockPlan:
+    """Reject what the adapter does not support; resolve the schedule (raises ValueError).
+    ``mixed_precision_param``: torchtitan's ``training.mixed_precision_param`` (FSDP's
+    ``param_dtype``), the compute of ``[curvature] dtype = "param"``."""
+    compute = getattr(torch, mixed_precision_param)
+    bad = [f"curvature.{k}: {why}" for k, why in cv.problems(None, compute)] if cv.enabled else []
     if ds.enabled:
         if ds.mode != "fixed":
             bad.append(f'depth_schedule.mode: {ds.mode!r} is not supported by the torchtitan adapter (only "fixed")')
@@ -76,8 +80,11 @@ def check_config(ds: DepthSchedule, cv: Curvature, n_layers: int, warmup_steps: 
 
 def build_tracker(model_parts: list[nn.Module], optimizers: Any, cv: Curvature,
                   seed: int) -> CurvatureTracker:
-    """titanwarm's tracker per ``[curvature]``, reading the container's inner optimizers."""
-    return CurvatureTracker(model_parts, OptimizerView(optimizers), seed=seed,
+    """titanwarm's tracker per ``[curvature]``, reading the container's inner optimizers. Its
+    passes run in float32 (``dtype = "float32"``: FSDP's ``param_dtype`` is bypassed, the gathered
+    parameters are float32) or in FSDP's ``param_dtype`` (``dtype = "param"``)."""
+    dtype = torch.float32 if cv.dtype == "float32" else None
+    return CurvatureTracker(model_parts, OptimizerView(optimizers), seed=seed, dtype=dtype,
                             **cv.tracker_kwargs())
 
 
@@ -87,14 +94,19 @@ class TitanwarmAdapter:
     Built by a glue layer right after the fork's optimizers container (every parameter trainable
     at that point); reachable afterwards as ``optimizers.titanwarm``. ``tracker_loss`` is the
     tracker's loss on a captured batch (the glue's: it knows torchtitan's loss signature); the
-    glue hands each training micro-batch to :meth:`record_batch`. The tracker runs torchtitan's
-    attention on the math kernel (``attention.py``). ``context`` (default: none) is entered
-    around the tracker's forward/backward, e.g. the trainer's ``train_context`` and AMP.
+    glue hands each training micro-batch to :meth:`record_batch`, which keeps its first
+    ``[curvature] batch_size`` sequences. ``prepare_batch`` (default: none), if a glue sets it,
+    turns the kept batch into the form ``tracker_loss`` takes, once per tracked step (the 0.3 glue
+    keeps the data loader's raw batch and runs torchtitan's ``post_dataloading_process`` on the
+    cut batch there). The tracker runs torchtitan's attention on the math kernel
+    (``attention.py``). ``context`` (default: none) is entered around the tracker's
+    forward/backward, e.g. the trainer's ``train_context``.
     """
 
     def __init__(self, model_parts: list[nn.Module], optimizers: Any, depth_schedule: DepthSchedule,
                  curvature: Curvature, *, warmup_steps: int = 0, seed: int = 0,
-                 training_steps: int | None = None, tracker_loss: TrackerLoss | None = None) -> None:
+                 training_steps: int | None = None, tracker_loss: TrackerLoss | None = None,
+                 mixed_precision_param: str = "float32") -> None:
         self.model_parts = list(model_parts)
         if len(self.model_parts) != 1:
             raise NotImplementedError("titanwarm's torchtitan adapter supports one model part "
@@ -104,8 +116,10 @@ class TitanwarmAdapter:
         self.optimizers, self.cfg, self.curvature_cfg = optimizers, depth_schedule, curvature
         self.seed, self.tracker_loss = seed, tracker_loss
         self.context: Callable[[], Any] = contextlib.nullcontext
+        self.prepare_batch: Callable[[Any], Any] | None = None
         layers = self.model_parts[0].get_submodule("layers")
-        self.plan = check_config(depth_schedule, curvature, len(layers), warmup_steps, training_steps)
+        self.plan = check_config(depth_schedule, curvature, len(layers), warmup_steps, training_steps,
+                                 mixed_precision_param)
         self.step = 0
         """Optimizer steps taken (counted by the post-hook, restored from checkpoints)."""
         self.unlocked_at: dict[int, int] = {}
@@ -121,6 +135,7 @@ class TitanwarmAdapter:
                     self.locks.lock(index)
         self.tracker = build_tracker(self.model_parts, optimizers, curvature, seed) if curvature.enabled else None
         self.batch: Any = None
+        self.warned_uncut = False
         self.tracking = False
         """True while the tracker runs its own forwards (glue capture hooks ignore them)."""
         optimizers.register_step_post_hook(self._after_step)
@@ -134,9 +149,20 @@ class TitanwarmAdapter:
         return not (self.curvature_cfg.batch == "fixed" and self.batch is not None)
 
     def record_batch(self, batch: Any) -> None:
-        """Keep ``batch`` (a training micro-batch, in the form ``tracker_loss`` takes) for the
-        tracker: the last one of each step, or with ``batch = "fixed"`` the first one ever."""
-        if self.wants_batch():
+        """Keep the first ``[curvature] batch_size`` sequences of ``batch`` (a training
+        micro-batch, in the form ``tracker_loss`` or ``prepare_batch`` takes) for the tracker: the
+        last one of each step, or with ``batch = "fixed"`` the first one ever. A batch that cannot
+        be cut (packed varlen metadata) is kept whole, with one warning; the form is the same on
+        every rank, so every rank decides alike."""
+        if not self.wants_batch():
+            return
+        try:
+            self.batch = sub_batch(batch, self.curvature_cfg.batch_size)
+        except UncuttableBatch as e:
+            if not self.warned_uncut:
+                logger.warning("curvature.batch_size = %d: %s; measuring on the whole micro-batch",
+                               self.curvature_cfg.batch_size, e)
+                self.warned_uncut = True
             self.batch = batch
 
     # -- the step post-hook
@@ -157,8 +183,9 @@ class TitanwarmAdapter:
             return None
         self.tracking = True
         try:
+            batch = self.batch if self.prepare_batch is None else self.prepare_batch(self.batch)
             with self.context(), math_attention(self.model_parts), torch.enable_grad():
-                est = self.tracker.step(self.tracker_loss, self.batch)
+                est = self.tracker.step(self.tracker_loss, batch)
         finally:
             self.tracking = False
         if est is not None:

@@ -87,7 +87,8 @@ def adapter_for(model_parts: list[nn.Module], optimizers: Any, job_config: Any,
     adapter = TitanwarmAdapter(model_parts, optimizers, ds, cv,
                                warmup_steps=int(job_config.lr_scheduler.warmup_steps), seed=seed,
                                training_steps=job_config.training.steps,
-                               tracker_loss=capture.tracker_loss)
+                               tracker_loss=capture.tracker_loss,
+                               mixed_precision_param=job_config.training.mixed_precision_param)
     capture.adapter, PENDING.capture = adapter, capture
     return adapter
 

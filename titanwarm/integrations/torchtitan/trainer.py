@@ -11,9 +11,12 @@ them, with everything the adapter cannot support, when the config is made (befor
   built) attaches the shared adapter (``adapter.py``): locks the blocks, registers the step
   post-hook, adds the lock and tracker states to ``checkpointer.states``, feeds the metrics into
   ``metrics_processor.log``;
-- keeps each training micro-batch, after ``post_dataloading_process``, for the tracker;
+- keeps the first ``[curvature] batch_size`` sequences of each training micro-batch as the data
+  loader gave it; at a tracked step it runs ``post_dataloading_process`` (the class's own: a
+  fork's processing, masks for the cut batch, context-parallel sharding) on that cut batch
+  once, leaving ``ntokens_seen`` as training left it (the tracker's batch is not training data);
 - gives the tracker torchtitan's own loss normalisation: ``loss_fn(pred, labels,
-  global_valid_tokens)`` with the micro-batch's valid-token count summed over the batch mesh (as
+  global_valid_tokens)`` with the cut batch's valid-token count summed over the batch mesh (as
   ``train_step`` does), the LM head applied by hand when the loss is a ``ChunkedLossWrapper``
   (the model then returns hidden states), under ``train_context``.
 
@@ -70,7 +73,7 @@ def unsupported(config: Any) -> list[str]:
     if spec is not None:
         try:
             check_config(ds, cv, len(spec.model.layers), int(config.lr_scheduler.warmup_steps),
-                         config.training.steps)
+                         config.training.steps, config.training.mixed_precision_param)
         except ValueError as e:
             bad.append(str(e))
     return bad
@@ -97,8 +100,10 @@ class TitanwarmMixin:
         adapter = TitanwarmAdapter(self.model_parts, self.optimizers, ds, cv,
                                    warmup_steps=int(cfg.lr_scheduler.warmup_steps),
                                    seed=cfg.debug.seed or 0, training_steps=cfg.training.steps,
-                                   tracker_loss=self.titanwarm_tracker_loss)
+                                   tracker_loss=self.titanwarm_tracker_loss,
+                                   mixed_precision_param=cfg.training.mixed_precision_param)
         adapter.context = self.train_context
+        adapter.prepare_batch = self.titanwarm_prepare_batch
         states = getattr(self.checkpointer, "states", None)  # absent when checkpointing is off
         if states is not None:
             states.update(titanwarm_states(self.optimizers))
@@ -109,17 +114,27 @@ class TitanwarmMixin:
     def post_dataloading_process(self, input_dict: dict[str, torch.Tensor],
                                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         adapter = self.titanwarm
-        wanted = adapter is not None and adapter.wants_batch() and torch.is_grad_enabled()
-        if wanted:  # counted before context parallelism splits the labels, as train_step counts
-            valid = (labels != IGNORE_INDEX).sum()
-        inputs, labels, extra_kwargs = super().post_dataloading_process(input_dict, labels)
-        if wanted:
-            adapter.record_batch((inputs, labels, dict(extra_kwargs), valid))
-        return inputs, labels, extra_kwargs
+        if adapter is not None and adapter.wants_batch() and torch.is_grad_enabled():
+            adapter.record_batch((dict(input_dict), labels))  # the adapter cuts it to batch_size
+        return super().post_dataloading_process(input_dict, labels)
+
+    def titanwarm_prepare_batch(self, batch: tuple) -> tuple:
+        """The kept (cut) raw micro-batch as ``titanwarm_tracker_loss`` takes it:
+        ``post_dataloading_process``'s output and the valid-token count (counted before context
+        parallelism splits the labels, as ``train_step`` counts)."""
+        input_dict, labels = batch
+        valid = (labels != IGNORE_INDEX).sum()
+        seen = self.ntokens_seen
+        try:
+            # the whole chain (a fork's override included); it keeps no batch while tracking
+            inputs, labels, extra_kwargs = self.post_dataloading_process(dict(input_dict), labels)
+        finally:
+            self.ntokens_seen = seen
+        return inputs, labels, extra_kwargs, valid
 
     def titanwarm_tracker_loss(self, parts: list[nn.Module], batch: tuple) -> torch.Tensor:
-        """torchtitan's loss on a kept micro-batch, normalised as ``train_step`` normalises it
-        (by the micro-batch's valid tokens summed over the batch mesh)."""
+        """torchtitan's loss on a prepared micro-batch, normalised as ``train_step`` normalises
+        it (by the batch's valid tokens summed over the batch mesh)."""
         inputs, labels, extra_kwargs, valid = batch
         pred = parts[0](inputs, **extra_kwargs)
         loss_fn = self.loss_fn
