@@ -29,6 +29,10 @@ pooled hit rate >= the observed one. Beside it, per arm: the share of tracked st
 warm-up at or past the threshold and their median ratio, since a run that sits past the edge
 for most of its steps has few overshoot *onsets* to count.
 
+The run table also gives each run's held-out peak (nats, step) and the first probe after it below
+``--recovered-below`` nats (the recovery from a blow-up); the arm table the mean ± sample std of
+the final validation loss over the runs that did not diverge.
+
 Compare runs go to ``outputs/spikes_shuf/compare/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
 
     .venv/bin/python scripts/depth_spikes.py --phase calibrate --jobs 2 --nice 15
@@ -123,30 +127,38 @@ def coincidence(runs: list[dict], lag: int, shuffles: int, seed: int = 0) -> dic
             "p": (1 + sum(x >= rate for x in null)) / (1 + len(null)) if n_spikes else math.nan}
 
 
-def enrich(r: dict, window: int, warmup: int) -> dict:
+def enrich(r: dict, window: int, warmup: int, recovered_below: float) -> dict:
     r["spikes"] = spikes(r["probes"], window)
+    held_out = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p["probe_loss"])]
+    r["probe_peak_step"], r["probe_peak"] = max(held_out, key=lambda sv: sv[1], default=(None, math.nan))
+    r["recovered_at"] = next((st for st, v in held_out
+                              if st > r["probe_peak_step"] and v < recovered_below), None)
     r["events"], r["tracked"] = overshoot_events(r["records"])
     r["early_spikes"] = [s for s in r["spikes"] if s <= 3 * warmup]
     r["ratios_after_warmup"] = [v for s, v in threshold_ratios(r["records"]) if s > warmup]
     return r
 
 
-def run_table(results: dict) -> list[str]:
+def run_table(results: dict, recovered_below: float) -> list[str]:
     lines = ["| arm | depth | LR | seed | diverged? | final val loss | spikes (steps) | spikes ≤ 3× warm-up "
-             "| overshoot events | peak attn logit | wall / CPU time |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| overshoot events | peak attn logit | held-out peak, nats (step) | back under {recovered_below:g} "
+             "nats from step | wall / CPU time |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (a, d, b, lr, s), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][0], kv[0][4])):
         sp = ", ".join(map(str, r["spikes"][:8])) + (" …" if len(r["spikes"]) > 8 else "")
         lines.append(f"| {LABELS[a]} | {d} | {fmt(lr)} | {s} | {'yes' if r['diverged'] else 'no'} "
                      f"| {r['final_loss']:.3f} | {len(r['spikes'])} ({sp}) | {len(r['early_spikes'])} "
-                     f"| {len(r['events'])} | {r['attn_logit_peak']:.1f} | {minutes(r)} |")
+                     f"| {len(r['events'])} | {r['attn_logit_peak']:.1f} "
+                     f"| {r['probe_peak']:.1f} ({r['probe_peak_step']}) | {r['recovered_at'] or '-'} "
+                     f"| {minutes(r)} |")
     return lines
 
 
 def arm_table(results: dict, arms: list[str], lag: int, shuffles: int) -> list[str]:
     lines = ["| arm | runs (seeds) | diverged | runs with a spike | spikes | hit rate (spikes ≤ "
              f"{lag} steps after an overshoot) | precision | null hit rate: mean / 95th pct | p "
-             "| tracked steps after warm-up past the edge | median lr·λ/38(1−β1^t) after warm-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tracked steps after warm-up past the edge | median lr·λ/38(1−β1^t) after warm-up "
+             "| final val loss of the runs that did not diverge: mean ± std (runs) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in arms:
         rs = [r for k, r in results.items() if k[0] == a]
         if not rs:
@@ -156,10 +168,14 @@ def arm_table(results: dict, arms: list[str], lag: int, shuffles: int) -> list[s
         ratios = [v for r in rs for v in r["ratios_after_warmup"]]
         past = sum(v >= 1 for v in ratios) / len(ratios) if ratios else math.nan
         med = statistics.median(ratios) if ratios else math.nan
+        kept = [r["final_loss"] for r in rs if not r["diverged"]]
+        spread = f" ± {statistics.stdev(kept):.2f}" if len(kept) > 1 else ""
+        finals = f"{statistics.mean(kept):.3f}{spread} ({len(kept)})" if kept else "-"
         lines.append(f"| {LABELS[a]} | {len(rs)} | {sum(r['diverged'] for r in rs)} "
                      f"| {sum(bool(r['spikes']) for r in rs)} | {c['spikes']} | {g(c['hit_rate'])} ({c['hits']}) "
                      f"| {g(c['precision'])} ({c['events']} events) | {g(c['null_mean'])} / {g(c['null_95'])} "
-                     f"| {g(c['p'], '.3f')} | {g(100 * past, '.0f')} % of {len(ratios)} | {g(med, '.3g')} |")
+                     f"| {g(c['p'], '.3f')} | {g(100 * past, '.0f')} % of {len(ratios)} | {g(med, '.3g')} "
+                     f"| {finals} |")
     return lines
 
 
@@ -202,6 +218,8 @@ def main() -> int:
     p.add_argument("--every", type=int, default=5, help="tracker and probe interval (steps)")
     p.add_argument("--window", type=int, default=20, help="spike rule: previous probes")
     p.add_argument("--lag", type=int, default=10)
+    p.add_argument("--recovered-below", type=float, default=8.0,
+                   help="run table: first step after the held-out peak with the probe loss below this (nats)")
     p.add_argument("--shuffles", type=int, default=1000)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--nice", type=int, default=0)
@@ -229,13 +247,13 @@ def main() -> int:
     for k in [(a, d, args.beta2, lr, s) for a in arms for d in depths for lr in lrs for s in seeds]:
         r = analyse(run_dir(out, *k))
         if r is not None:
-            results[k] = enrich(r, args.window, warmup)
+            results[k] = enrich(r, args.window, warmup, args.recovered_below)
     if not results:
         print("no finished runs", file=sys.stderr)
         return 1
     plot(results, Path(args.plot) if args.plot else
          ROOT / "docs" / "results" / f"instability_spikes_{args.phase}.png")
-    print("\n".join(run_table(results)))
+    print("\n".join(run_table(results, args.recovered_below)))
     if args.phase == "compare":
         print()
         print("\n".join(arm_table(results, arms, args.lag, args.shuffles)))
