@@ -12,7 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-from depth_spikes import arm_table, coincidence, enrich, overshoot_events, spikes, threshold_ratios  # noqa: E402
+from depth_spikes import (arm_table, coincidence, enrich, overshoot_events, run_table, spikes,  # noqa: E402
+                          threshold_ratios)
 import edge_of_stability  # noqa: E402
 from lr_sensitivity import ARMS, LABELS, analyse, arm_legend, make_run, sensitivity  # noqa: E402
 from study_runner import pyplot  # noqa: E402
@@ -52,9 +53,31 @@ def test_arm_table_reports_the_share_of_steps_past_the_edge():
     records = [{"step": s, "lr_lambda": 38.0 * v} for s, v in
                [(10, 0.5), (30, 0.5), (40, 1.2), (50, 0.9), (60, 1.1)]]
     probes = [{"step": s, "probe_loss": 3.0} for s in range(5, 65, 5)]
-    run = enrich({"records": records, "probes": probes, "diverged": False}, window=20, warmup=20)
+    run = enrich({"records": records, "probes": probes, "diverged": False, "final_loss": 3.0},
+                 window=20, warmup=20, recovered_below=8.0)
     row = arm_table({("baseline", 16, 0.95, 0.1, 0): run}, ["baseline"], lag=10, shuffles=10)[-1]
-    assert "| 50 % of 4 | 1 |" in row
+    assert "| 50 % of 4 | 1 | 3.000 (1) |" in row
+
+
+def test_tables_report_the_blow_up_its_recovery_and_the_survivors():
+    # held-out loss 3 nats, a blow-up to 50 at step 45 (a non-finite probe at 60 is no peak),
+    # back under 8 nats at step 55; two finite runs (5.0, 6.0) and one diverged (9.0)
+    losses = {45: 50.0, 50: 20.0, 55: 7.5, 60: math.nan}
+    probes = [{"step": s, "probe_loss": losses.get(s, 3.0)} for s in range(5, 101, 5)]
+    runs = {}
+    for seed, (final, diverged) in enumerate([(5.0, False), (6.0, False), (9.0, True)]):
+        runs[("baseline", 16, 0.95, 1.0, seed)] = enrich(
+            {"records": [], "probes": probes, "diverged": diverged, "final_loss": final,
+             "attn_logit_peak": 10.0, "elapsed_s": 60, "cpu_s": 60},
+            window=5, warmup=5, recovered_below=8.0)
+    run = runs[("baseline", 16, 0.95, 1.0, 0)]
+    assert (run["probe_peak"], run["probe_peak_step"], run["recovered_at"]) == (50.0, 45, 55)
+    assert "| 10.0 | 50.0 (45) | 55 | 1.0 / 1.0 min |" in run_table(runs, 8.0)[2]
+    row = arm_table(runs, ["baseline"], lag=10, shuffles=10)[-1]
+    assert row.endswith("| 5.500 ± 0.71 (2) |")  # mean and sample std of 5.0 and 6.0
+    never = enrich({"records": [], "probes": probes[:9], "diverged": True, "final_loss": math.nan},
+                   window=5, warmup=5, recovered_below=8.0)
+    assert never["probe_peak"] == 50.0 and never["recovered_at"] is None
 
 
 def test_coincidence_hits_precision_and_null():
