@@ -29,9 +29,10 @@ pooled hit rate >= the observed one. Beside it, per arm: the share of tracked st
 warm-up at or past the threshold and their median ratio, since a run that sits past the edge
 for most of its steps has few overshoot *onsets* to count.
 
-The run table also gives each run's held-out peak (nats, step) and the first probe after it below
-``--recovered-below`` nats (the recovery from a blow-up); the arm table the mean ± sample std of
-the final validation loss over the runs that did not diverge.
+The run table also gives each run's held-out peak (nats, step) and, when the peak reached
+``--recovered-below`` nats, the first probe after it below that (the recovery from a blow-up);
+the arm table the mean ± sample std of the final validation loss over the runs that did not
+diverge.
 
 Compare runs go to ``outputs/spikes_shuf/compare/<arm>/L<depth>_b2<beta2>_lr<lr>_s<seed>/`` (resumable). Usage:
 
@@ -131,8 +132,8 @@ def enrich(r: dict, window: int, warmup: int, recovered_below: float) -> dict:
     r["spikes"] = spikes(r["probes"], window)
     held_out = [(p["step"], p["probe_loss"]) for p in r["probes"] if finite(p["probe_loss"])]
     r["probe_peak_step"], r["probe_peak"] = max(held_out, key=lambda sv: sv[1], default=(None, math.nan))
-    r["recovered_at"] = next((st for st, v in held_out
-                              if st > r["probe_peak_step"] and v < recovered_below), None)
+    r["recovered_at"] = next((st for st, v in held_out if st > r["probe_peak_step"] and v < recovered_below),
+                             None) if r["probe_peak"] >= recovered_below else None  # no blow-up: none
     r["events"], r["tracked"] = overshoot_events(r["records"])
     r["early_spikes"] = [s for s in r["spikes"] if s <= 3 * warmup]
     r["ratios_after_warmup"] = [v for s, v in threshold_ratios(r["records"]) if s > warmup]

@@ -78,6 +78,9 @@ def test_tables_report_the_blow_up_its_recovery_and_the_survivors():
     never = enrich({"records": [], "probes": probes[:9], "diverged": True, "final_loss": math.nan},
                    window=5, warmup=5, recovered_below=8.0)
     assert never["probe_peak"] == 50.0 and never["recovered_at"] is None
+    calm = enrich({"records": [], "probes": probes[:8], "diverged": False, "final_loss": 3.0},
+                  window=5, warmup=5, recovered_below=8.0)  # peak 3 nats: no blow-up to recover from
+    assert calm["probe_peak"] == 3.0 and calm["recovered_at"] is None
 
 
 def test_coincidence_hits_precision_and_null():
